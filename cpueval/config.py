@@ -1,0 +1,118 @@
+"""Structured configs: the schema Hydra validates every composed config against.
+
+Group schemas that differ per plugin (task, mode, precision) are base dataclasses here; each
+plugin module subclasses them in its own file and exposes the subclass as module attribute
+`SCHEMA`. `register_configs()` finds those modules and stores each SCHEMA in Hydra's ConfigStore
+as `<group>/<name>_schema`, which the plugin's yaml in conf/<group>/ extends. Adding a plugin
+never edits this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from cpueval.modes.base import ModeConfig
+from cpueval.precisions.base import PrecisionConfig
+from cpueval.tasks.base import TaskConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+
+
+@dataclass
+class ModelConfig:
+    # Hub id ("bert-base-uncased"), local directory, or "builtin:tiny-bert" (random weights, built offline).
+    name_or_path: str = MISSING
+    revision: Optional[str] = None
+    # Tokenizer id or path when it differs from the model's.
+    tokenizer: Optional[str] = None
+    # transformers attention kernel: "sdpa", "eager", or null for the library default.
+    attn_implementation: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    # Hub dataset name (e.g. "squad", "glue") with optional subset (e.g. "sst2") ...
+    name: Optional[str] = None
+    subset: Optional[str] = None
+    # ... or a local file. format "auto" infers from the suffix and content.
+    path: Optional[str] = None
+    format: str = "auto"  # auto | squad | json | jsonl | csv | tsv | parquet | conll
+    split: str = "validation"
+    max_eval_samples: Optional[int] = None
+    # canonical column name (the task's) -> the column name in this data set
+    columns: dict[str, str] = field(default_factory=dict)
+    revision: Optional[str] = None
+
+
+@dataclass
+class RuntimeConfig:
+    batch_size: int = 16
+    # None: the cores this job may use (SLURM_CPUS_PER_TASK under Slurm, else the affinity mask).
+    intra_op_threads: Optional[int] = None
+    inter_op_threads: Optional[int] = None
+    seed: int = 42
+    warmup_batches: int = 2
+    progress: bool = True
+    # Sort windows by length so each batch pads only to its own longest window.
+    length_bucketing: bool = True
+    # Pad each batch's length up to a multiple of this, so compiled/traced modes see few shapes.
+    pad_to_multiple_of: int = 8
+    # Compare outputs with eager fp32 on this many batches (0: off).
+    parity_batches: int = 0
+    # Where tokenized features are cached across runs and sweeps (null: no cache).
+    cache_dir: Optional[str] = "${oc.env:CPUEVAL_CACHE,${oc.env:HOME}/.cache/cpueval}"
+    # Re-run a job even if its directory already holds an ok result for the same config.
+    force: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    data: DataConfig = MISSING
+    mode: ModeConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    experiment_name: str = "default"
+    # Free-form note recorded in results.json (e.g. why this run exists).
+    note: Optional[str] = None
+
+
+def _plugin_schemas(package: str) -> list[Any]:
+    pkg = importlib.import_module(package)
+    schemas = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        schema = getattr(module, "SCHEMA", None)
+        if schema is not None:
+            schemas.append(schema)
+    return schemas
+
+
+def _default_name(schema: Any) -> str:
+    return next(f.default for f in fields(schema) if f.name == "name")
+
+
+def register_configs() -> None:
+    """Store the root schema and every plugin schema in Hydra's ConfigStore (idempotent)."""
+    if not OmegaConf.has_resolver("cpueval.asset"):
+        OmegaConf.register_new_resolver("cpueval.asset", lambda name: str(ASSETS_DIR / name))
+    cs = ConfigStore.instance()
+    cs.store(name="cpueval_schema", node=Config)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    cs.store(group="runtime", name="schema", node=RuntimeConfig)
+    for group, package in (("task", "cpueval.tasks"), ("mode", "cpueval.modes"), ("precision", "cpueval.precisions")):
+        for schema in _plugin_schemas(package):
+            cs.store(group=group, name=f"{_default_name(schema)}_schema", node=schema)

@@ -1,0 +1,179 @@
+"""What machine and software a run actually used: CPU model, ISA flags, cores, versions, git commit."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+# /proc/cpuinfo flag -> the name we report. Order is the order shown to users.
+ISA_FLAGS = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512dq": "avx512dq",
+    "avx512_vnni": "avx512_vnni",
+    "avx512_bf16": "avx512_bf16",
+    "avx_vnni": "avx_vnni",
+    "avx_ne_convert": "avx_ne_convert",
+    "amx_bf16": "amx_bf16",
+    "amx_int8": "amx_int8",
+    "amx_tile": "amx_tile",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The CPU features that decide which precisions run natively."""
+
+    cpu_model: str
+    flags: frozenset[str] = field(default_factory=frozenset)
+    torch_cpu_capability: str = ""
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 matmuls run in hardware (AVX512-BF16 or AMX-BF16); otherwise torch emulates them."""
+        return self.has("avx512_bf16") or self.has("amx_bf16")
+
+    @property
+    def native_int8(self) -> bool:
+        """int8 dot products in hardware (VNNI or AMX-INT8)."""
+        return self.has("avx512_vnni") or self.has("avx_vnni") or self.has("amx_int8")
+
+    @property
+    def ipex_bf16_ok(self) -> bool:
+        """IPEX 2.8 refuses bf16 without AVX512-BW/VL/DQ or AVX-NE-CONVERT."""
+        avx512 = all(self.has(f) for f in ("avx512bw", "avx512vl", "avx512dq"))
+        return avx512 or self.has("avx_ne_convert")
+
+    def summary(self) -> str:
+        shown = [name for name in ISA_FLAGS.values() if name in self.flags]
+        return f"{self.cpu_model} [{', '.join(shown) or 'no AVX2'}] torch={self.torch_cpu_capability}"
+
+
+def _read_cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model in ("unknown", "", platform.processor()):
+            model = value.strip()
+        elif key == "flags":
+            flags = set(value.split())
+            break
+    return model, flags
+
+
+@lru_cache(maxsize=1)
+def detect_capabilities() -> Capabilities:
+    model, raw_flags = _read_cpuinfo()
+    flags = frozenset(name for raw, name in ISA_FLAGS.items() if raw in raw_flags)
+    return Capabilities(
+        cpu_model=model,
+        flags=flags,
+        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity / cgroup-aware), not the host's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def package_version(name: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def ipex_status() -> dict[str, Any]:
+    """Whether IPEX is installed and matches torch's major.minor (it refuses to load otherwise)."""
+    version = package_version("intel-extension-for-pytorch") or package_version("intel_extension_for_pytorch")
+    torch_mm = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    if version is None:
+        return {"installed": False, "version": None, "matches_torch": False}
+    ipex_mm = ".".join(version.split("+")[0].split(".")[:2])
+    return {"installed": True, "version": version, "matches_torch": ipex_mm == torch_mm}
+
+
+def git_commit(path: Optional[Path] = None) -> Optional[str]:
+    """The project's commit (with a '-dirty' suffix if the tree has changes), or None outside git."""
+    where = str(path or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def slurm_context() -> Optional[dict[str, Any]]:
+    """Slurm job facts when running under Slurm (job id, array index, node, cores granted)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    keys = {
+        "job_id": "SLURM_JOB_ID",
+        "array_job_id": "SLURM_ARRAY_JOB_ID",
+        "array_task_id": "SLURM_ARRAY_TASK_ID",
+        "node": "SLURMD_NODENAME",
+        "cpus_per_task": "SLURM_CPUS_PER_TASK",
+        "restart_count": "SLURM_RESTART_COUNT",
+        "partition": "SLURM_JOB_PARTITION",
+    }
+    return {k: os.environ.get(v) for k, v in keys.items()}
+
+
+def describe_environment() -> dict[str, Any]:
+    """The environment block of results.json."""
+    caps = detect_capabilities()
+    return {
+        "cpu_model": caps.cpu_model,
+        "isa_flags": sorted(caps.flags),
+        "torch_cpu_capability": caps.torch_cpu_capability,
+        "native_bf16": caps.native_bf16,
+        "native_int8": caps.native_int8,
+        "machine": platform.machine(),
+        "host": platform.node(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "python": platform.python_version(),
+        "versions": {
+            name: package_version(name)
+            for name in ("torch", "transformers", "datasets", "tokenizers", "hydra-core", "omegaconf",
+                         "numpy", "torchao", "intel-extension-for-pytorch", "cpueval")
+        },
+        "ipex": ipex_status(),
+        "git_commit": git_commit(),
+        "slurm": slurm_context(),
+    }
+
+
+def capabilities_dict(caps: Capabilities) -> dict[str, Any]:
+    d = asdict(caps)
+    d["flags"] = sorted(caps.flags)
+    return d
