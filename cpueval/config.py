@@ -110,9 +110,6 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("cpueval.asset", lambda name: str(ASSETS_DIR / name))
     cs = ConfigStore.instance()
     cs.store(name="cpueval_schema", node=Config)
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="data", name="schema", node=DataConfig)
-    cs.store(group="runtime", name="schema", node=RuntimeConfig)
     for group, package in (("task", "cpueval.tasks"), ("mode", "cpueval.modes"), ("precision", "cpueval.precisions")):
         for schema in _plugin_schemas(package):
             cs.store(group=group, name=f"{_default_name(schema)}_schema", node=schema)

@@ -1,9 +1,30 @@
-"""The task interface (pre-processing, post-processing, metrics). Filled in with the QA task."""
+"""The task interface: what a task adds to the common pipeline.
+
+A task knows its columns, how to turn examples into model inputs (features), how to turn the
+model's per-feature outputs back into per-example predictions, and how to score them. Everything
+else (loading, batching, modes, precisions, timing, records) is the pipeline's, shared by all tasks.
+Adding a task means one module in this package plus one yaml in conf/task/.
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
 
+import datasets
+import numpy as np
 from omegaconf import MISSING
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from cpueval.errors import UserError
+
+# Per-feature model outputs, unpadded: output name -> array whose first axis is the feature's tokens
+# (QA start/end logits, token-classification logits) or a vector (sequence-classification logits).
+FeatureOutputs = Mapping[str, np.ndarray]
+
+# The columns every feature carries so the pipeline can batch it.
+MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -13,3 +34,79 @@ class TaskConfig:
     max_seq_length: int = 384
     # Pad every window to max_seq_length (the classic behaviour) instead of per batch.
     pad_to_max_length: bool = False
+
+
+@dataclass
+class Predictions:
+    """What post-processing produced: per-example predictions plus anything the files need."""
+
+    by_example: dict[str, Any]  # example id -> prediction (answer text, label, tag sequence)
+    extra: dict[str, Any]  # task-specific (n-best lists, null-score diffs, scores)
+
+
+class Task:
+    """Base class for tasks. Subclasses set the class attributes and implement the hooks."""
+
+    # transformers Auto class for this task's head, e.g. AutoModelForQuestionAnswering
+    auto_model_class: ClassVar[type]
+    # head name the builtin model builder understands
+    builtin_head: ClassVar[str]
+    # canonical columns the loaded data must have (after data.columns renaming)
+    required_columns: ClassVar[tuple[str, ...]]
+    # output names the forward pass must return, e.g. ("start_logits", "end_logits")
+    output_names: ClassVar[tuple[str, ...]]
+    # outputs have one row per token (QA, NER) rather than one vector per sequence
+    per_token: ClassVar[bool] = True
+    # bump when pre-processing changes, so cached features are not reused across versions
+    version: ClassVar[int] = 1
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def validate_config(self) -> None:
+        """Raise UserError for settings that cannot work, before anything is loaded."""
+        if self.config.max_seq_length <= 0:
+            raise UserError(f"task.max_seq_length={self.config.max_seq_length} must be > 0")
+
+    def builtin_labels(self) -> list[str] | None:
+        """Labels for a builtin (random) model of this task; None for tasks without labels."""
+        return None
+
+    def validate_model(self, model: PreTrainedModel, source: str) -> None:
+        """Raise UserError if the model cannot serve this task (wrong head, labels)."""
+
+    def prepare_examples(self, examples: datasets.Dataset, source: str) -> datasets.Dataset:
+        """Validate and normalise loaded examples (types, ids). `source` names the data in errors."""
+        return examples
+
+    def tokenize(self, examples: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+        """Examples -> features holding MODEL_INPUT_COLUMNS plus whatever post-processing needs."""
+        raise NotImplementedError
+
+    def tokenization_key(self) -> dict[str, Any]:
+        """The settings that change tokenize()'s output (part of the feature-cache key)."""
+        return {"task": self.name, "version": self.version, "max_seq_length": self.config.max_seq_length,
+                "pad_to_max_length": self.config.pad_to_max_length}
+
+    def postprocess(self, examples: datasets.Dataset, features: datasets.Dataset,
+                    outputs: Sequence[FeatureOutputs]) -> Predictions:
+        raise NotImplementedError
+
+    def compute_metrics(self, examples: datasets.Dataset, predictions: Predictions) -> dict[str, float]:
+        raise NotImplementedError
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The metrics shown first in summaries and used for accuracy gates."""
+        raise NotImplementedError
+
+    def hf_eval_results(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The metric part of eval_results.json, with the keys Hugging Face scripts wrote."""
+        return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def write_predictions(self, examples: datasets.Dataset, predictions: Predictions, out_dir: Path) -> list[Path]:
+        """Write the task's prediction files atomically; return their paths."""
+        raise NotImplementedError

@@ -1,0 +1,3 @@
+from cpueval.app import main
+
+main()
