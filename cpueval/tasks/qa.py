@@ -84,22 +84,17 @@ class QuestionAnswering(Task):
         def windows(batch: dict[str, list]) -> dict[str, list]:
             questions = [q.lstrip() for q in batch["question"]]
             first, second = (questions, batch["context"]) if pad_on_right else (batch["context"], questions)
-            try:
-                encoded = tokenizer(
-                    first, second,
-                    truncation="only_second" if pad_on_right else "only_first",
-                    max_length=max_length,
-                    stride=self.config.doc_stride,
-                    return_overflowing_tokens=True,
-                    return_offsets_mapping=True,
-                    return_token_type_ids=True,
-                    padding="max_length" if self.config.pad_to_max_length else False,
-                )
-            except Exception as err:  # the fast tokenizer refuses windows with no room for context
-                raise UserError(
-                    f"task.max_seq_length={max_length} with task.doc_stride={self.config.doc_stride} leaves no "
-                    f"room for the context next to a question ({str(err).splitlines()[0]}); raise "
-                    f"max_seq_length or lower doc_stride") from None
+            self._check_room(tokenizer, batch["id"], questions, max_length)
+            encoded = tokenizer(
+                first, second,
+                truncation="only_second" if pad_on_right else "only_first",
+                max_length=max_length,
+                stride=self.config.doc_stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+                return_token_type_ids=True,
+                padding="max_length" if self.config.pad_to_max_length else False,
+            )
             context_index = 1 if pad_on_right else 0
             sample_of = encoded.pop("overflow_to_sample_mapping")
             encoded["example_id"] = [batch["id"][s] for s in sample_of]
@@ -111,6 +106,19 @@ class QuestionAnswering(Task):
 
         return examples.map(windows, batched=True, remove_columns=examples.column_names,
                             desc="Tokenizing (question, context) windows")
+
+    def _check_room(self, tokenizer: PreTrainedTokenizerBase, ids: list[str], questions: list[str],
+                    max_length: int) -> None:
+        """The fast tokenizer panics (not a Python error) when question + special tokens + doc_stride
+        leave no room for context in a window: find such a question first and say which."""
+        special = tokenizer.num_special_tokens_to_add(pair=True)
+        lengths = [len(q) for q in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+        longest = int(np.argmax(lengths))
+        if lengths[longest] + special + self.config.doc_stride >= max_length:
+            raise UserError(
+                f"task.max_seq_length={max_length} leaves no room for context: question {ids[longest]!r} has "
+                f"{lengths[longest]} tokens, + {special} special tokens + task.doc_stride={self.config.doc_stride}; "
+                f"raise max_seq_length or lower doc_stride")
 
     # -- post-processing -------------------------------------------------------------------
     def postprocess(self, examples: datasets.Dataset, features: datasets.Dataset,
