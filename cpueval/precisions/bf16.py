@@ -1,0 +1,52 @@
+"""bf16: autocast over fp32 weights, or weights cast to bf16."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+
+from cpueval.environment import Capabilities
+from cpueval.precisions._common import require_choice
+from cpueval.precisions.base import Precision, PrecisionConfig
+
+WEIGHTS = ("autocast", "cast")
+EMULATED = "bf16 is emulated on this CPU (no AVX512-BF16/AMX-BF16): expect it slower than fp32"
+
+
+@dataclass
+class Bf16Config(PrecisionConfig):
+    _target_: str = "cpueval.precisions.bf16.Bf16Precision"
+    name: str = "bf16"
+    # autocast: fp32 weights, matmuls run in bf16 under torch.autocast (softmax/layernorm stay fp32).
+    # cast: model.to(bfloat16), everything in bf16 (half the weight memory, less accurate).
+    weights: str = "autocast"
+
+
+SCHEMA = Bf16Config
+
+
+class Bf16Precision(Precision):
+    def __init__(self, config: Bf16Config):
+        super().__init__(config)
+        require_choice("precision.weights", config.weights, WEIGHTS)
+
+    def check(self, caps: Capabilities, mode_name: str) -> None:
+        if not caps.native_bf16 and EMULATED not in self.warnings:
+            self.warnings.append(EMULATED)
+
+    def convert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(torch.bfloat16) if self.config.weights == "cast" else model
+
+    def autocast(self) -> ContextManager:
+        if self.config.weights == "cast":
+            return contextlib.nullcontext()  # inputs are token ids: nothing to cast
+        # No weight-cast cache: each weight is used once per forward, and a cache would be baked
+        # into a JIT trace as a constant (IPEX/HF recommend cache_enabled=False for tracing).
+        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.bfloat16
