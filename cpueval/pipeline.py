@@ -11,6 +11,7 @@ rewritten atomically when it ends (ok / failed / refused / interrupted).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -22,11 +23,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import datasets
 import numpy as np
 import torch
+import transformers
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -93,16 +95,30 @@ def tokenize_cached(task: Task, examples: datasets.Dataset, examples_fingerprint
         return task.tokenize(examples, tokenizer), "disabled"
     target = Path(cache_dir).expanduser() / "features" / key
     if (target / "dataset_info.json").exists():
-        return datasets.load_from_disk(str(target)), "hit"
+        with _quiet_datasets():
+            return datasets.load_from_disk(str(target)), "hit"
     features = task.tokenize(examples, tokenizer)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
     try:
-        features.save_to_disk(str(tmp))
+        with _quiet_datasets():
+            features.save_to_disk(str(tmp))
         os.rename(tmp, target)  # atomic; a concurrent job that won the race leaves target in place
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return features, "miss"
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Cache reads and writes are not work the user waits on: no progress bars for them."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime: DictConfig) -> list[batching.Batch]:
@@ -113,6 +129,13 @@ def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime
     pad_values = {"input_ids": tokenizer.pad_token_id or 0}
     return [batching.collate(data, idx, columns, pad_values, runtime.pad_to_multiple_of, task.config.max_seq_length)
             for idx in batching.plan_batches(lengths, runtime.batch_size, bucketing)]
+
+
+def _set_progress_bars(enabled: bool) -> None:
+    """Our bars (tokenization, forward loop) follow runtime.progress; transformers' weight-loading
+    bars never show (loading is timed and reported instead)."""
+    transformers.utils.logging.disable_progress_bar()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
 
 
 def _to_numpy(outputs: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -217,6 +240,7 @@ class Run:
         mode.check(caps, precision)
         self.warnings.extend(precision.warnings)
         self.record["threads"] = configure_threads(rt)
+        _set_progress_bars(rt.progress)
         torch.manual_seed(rt.seed)
 
         with timer.stage("model_load"):
