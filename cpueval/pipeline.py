@@ -331,6 +331,9 @@ def hf_eval_results(task: Task, record: dict[str, Any], num_features: int) -> di
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one job and always leave a complete results.json, whatever happens."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=<value>")
     run = Run(cfg, run_dir)
     try:
         return run.execute()

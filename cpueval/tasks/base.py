@@ -59,6 +59,8 @@ class Task:
     per_token: ClassVar[bool] = True
     # bump when pre-processing changes, so cached features are not reused across versions
     version: ClassVar[int] = 1
+    # a checkpoint saved for another head (config.architectures) is refused rather than given a random head
+    architecture_suffix: ClassVar[str]
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -77,7 +79,12 @@ class Task:
         return None
 
     def validate_model(self, model: PreTrainedModel, source: str) -> None:
-        """Raise UserError if the model cannot serve this task (wrong head, labels)."""
+        """Raise UserError if the checkpoint was trained for another head: transformers would load
+        it anyway with a randomly initialised head, and the metrics would silently mean nothing."""
+        architectures = getattr(model.config, "architectures", None) or []
+        if architectures and not any(a.endswith(self.architecture_suffix) for a in architectures):
+            raise UserError(f"model.name_or_path={source} is a {'/'.join(architectures)} checkpoint, not a "
+                            f"*{self.architecture_suffix} model for task={self.name}")
 
     def prepare_examples(self, examples: datasets.Dataset, source: str) -> datasets.Dataset:
         """Validate and normalise loaded examples (types, ids). `source` names the data in errors."""

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import datasets
 import numpy as np
-from transformers import AutoModelForQuestionAnswering, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForQuestionAnswering, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
 from cpueval.metrics.squad import squad_v1, squad_v2
@@ -45,6 +45,7 @@ class QuestionAnswering(Task):
     builtin_head = "question_answering"
     required_columns = ("id", "question", "context", "answers")
     output_names = ("start_logits", "end_logits")
+    architecture_suffix = "ForQuestionAnswering"
     version = 1
     config: QATaskConfig
 
@@ -57,10 +58,6 @@ class QuestionAnswering(Task):
         if c.n_best_size <= 0 or c.max_answer_length <= 0:
             raise UserError(f"task.n_best_size={c.n_best_size} and task.max_answer_length="
                             f"{c.max_answer_length} must be > 0")
-
-    def validate_model(self, model: PreTrainedModel, source: str) -> None:
-        if not type(model).__name__.endswith("ForQuestionAnswering"):
-            raise UserError(f"model.name_or_path={source} is a {type(model).__name__}, not a question-answering model")
 
     def prepare_examples(self, examples: datasets.Dataset, source: str) -> datasets.Dataset:
         features = examples.features
