@@ -25,6 +25,10 @@ REFUSED_MODES: dict[str, dict[str, str]] = {
         "ipex_jit": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager or jit",
     },
     "torchao": {
+        "eager": "torchao int8 without torch.compile runs its quantize/int8-matmul ops unfused, slower than "
+                 "fp32 eager here; use mode=compile (or backend=ao_dynamic for eager)",
+        "jit": "torch.jit.trace cannot trace torchao tensor subclasses (internal assert in the tracer); "
+               "use mode=compile (or backend=ao_dynamic for jit)",
         "ipex": "torchao tensor subclasses do not run under IPEX; use mode=compile",
         "ipex_jit": "torchao tensor subclasses do not run under IPEX; use mode=compile",
     },
@@ -59,18 +63,20 @@ class Int8Precision(Precision):
             raise refuse(f"{self.name} (backend={self.config.backend})", mode_name, why)
         if self.config.backend == "torchao":
             _import_torchao()  # refuse now rather than after loading the model
-        if not caps.native_int8 and NOT_NATIVE not in self.warnings:
-            self.warnings.append(NOT_NATIVE)
+        self._warn(not caps.native_int8, NOT_NATIVE)
+        self._warn(self.config.backend == "ao_dynamic", AO_DEPRECATED)
+
+    def _warn(self, condition: bool, message: str) -> None:
+        if condition and message not in self.warnings:
+            self.warnings.append(message)
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.config.backend == "torchao":
             quantize_, int8_config = _import_torchao()
             quantize_(model, int8_config())
             return model
-        if AO_DEPRECATED not in self.warnings:
-            self.warnings.append(AO_DEPRECATED)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the deprecation notice, once per layer: recorded above
+            warnings.simplefilter("ignore")  # the deprecation notice, once per layer: check() records it
             return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 

@@ -9,6 +9,7 @@ moves logits by >1e-2.
 from __future__ import annotations
 
 import pytest
+from cpueval.environment import ipex_status
 from cpueval.modes._common import create_mode
 from cpueval.parity import compare_outputs
 
@@ -19,12 +20,16 @@ MODES = [
     pytest.param("jit", {}, id="jit"),
     pytest.param("jit", {"optimize_for_inference": True}, id="jit-ofi"),
     pytest.param("compile", {}, id="compile", marks=pytest.mark.slow),
+    pytest.param("ipex", {}, id="ipex", marks=(pytest.mark.ipex, pytest.mark.slow)),
+    pytest.param("ipex_jit", {}, id="ipex_jit", marks=pytest.mark.ipex),
 ]
 
 
 @pytest.mark.parametrize("kind", ["qa", "cls"])
 @pytest.mark.parametrize("name, fields", MODES)
 def test_fp32_matches_eager(name, fields, kind, tiny, caps, example_batch, loop_batches, reference):
+    if name.startswith("ipex") and not ipex_status()["matches_torch"]:
+        pytest.skip("needs intel-extension-for-pytorch matching torch (the IPEX environment)")
     if name == "compile" and kind == "cls":
         pytest.skip("one compile per precision keeps the suite short; QA covers the token-axis outputs")
     prepared, outputs = tiny.run_mode(create_mode(name, **fields), tiny.precision("fp32"), kind, example_batch, loop_batches, caps)
@@ -37,6 +42,6 @@ def test_fp32_matches_eager(name, fields, kind, tiny, caps, example_batch, loop_
         assert all(v.dtype.is_floating_point and v.dtype.itemsize == 4 for v in out.values())
     stats = prepared.stats()
     assert stats["distinct_shapes"] == len(set(tiny.LOOP_LENGTHS))  # warm-up calls are not counted
-    if name == "jit":
+    if name.endswith("jit"):
         assert stats["traced_shape"] == list(example_batch["input_ids"].shape)
         assert stats["untraced_shapes_ran"] is True

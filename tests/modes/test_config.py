@@ -1,0 +1,50 @@
+"""Every conf/mode and conf/precision yaml composes against its schema and builds its class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from cpueval.config import register_configs
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+MODES = sorted(p.stem for p in (CONF / "mode").glob("*.yaml"))
+PRECISIONS = sorted(p.stem for p in (CONF / "precision").glob("*.yaml"))
+
+
+def compose_group(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_every_plugin_has_a_yaml():
+    assert set(MODES) == {"eager", "jit", "ipex", "ipex_jit", "compile"}
+    assert set(PRECISIONS) == {"fp32", "bf16", "int8"}
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_mode_yaml_builds_its_class(name):
+    cfg = compose_group([f"mode={name}"]).mode
+    mode = get_class(cfg._target_)(OmegaConf.to_object(cfg))
+    assert mode.name == name
+    assert mode.config.fallback is None  # no fallback unless asked for
+
+
+@pytest.mark.parametrize("name", PRECISIONS)
+def test_precision_yaml_builds_its_class(name):
+    cfg = compose_group([f"precision={name}"]).precision
+    precision = get_class(cfg._target_)(OmegaConf.to_object(cfg))
+    assert precision.name == name
+
+
+def test_options_are_typed():
+    cfg = compose_group(["mode=compile", "mode.dynamic=false", "mode.mode=max-autotune", "precision=int8",
+                         "precision.backend=torchao"])
+    assert cfg.mode.dynamic is False and cfg.mode.freezing is True and cfg.precision.backend == "torchao"
+    with pytest.raises(Exception, match="freezing"):
+        compose_group(["mode=compile", "mode.freezing=maybe"])
