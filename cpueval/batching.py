@@ -18,7 +18,7 @@ import torch
 @dataclass
 class Batch:
     indices: np.ndarray  # feature indices, in the order of the batch rows
-    lengths: np.ndarray  # unpadded length of each row
+    lengths: np.ndarray  # real (non-padding) tokens of each row
     inputs: dict[str, torch.Tensor]  # padded model inputs, [rows, padded_length]
 
     @property
@@ -47,8 +47,7 @@ def collate(features: Mapping[str, Sequence[Sequence[int]]], indices: np.ndarray
             pad_values: Mapping[str, int], multiple: int, cap: int) -> Batch:
     """Right-pad the given features' columns into int64 tensors of one batch."""
     rows = [features["input_ids"][i] for i in indices]
-    lengths = np.array([len(r) for r in rows])
-    width = padded_length(int(lengths.max()), multiple, cap)
+    width = padded_length(max(len(r) for r in rows), multiple, cap)
     inputs = {}
     for column in columns:
         array = np.full((len(indices), width), pad_values.get(column, 0), dtype=np.int64)
@@ -56,6 +55,10 @@ def collate(features: Mapping[str, Sequence[Sequence[int]]], indices: np.ndarray
             values = features[column][index]
             array[row, : len(values)] = values
         inputs[column] = torch.from_numpy(array)
+    # real tokens per row: features padded by the tokenizer (pad_to_max_length) carry their padding
+    # in the attention mask, not in their length
+    mask = inputs.get("attention_mask")
+    lengths = mask.sum(dim=1).numpy() if mask is not None else np.array([len(r) for r in rows])
     return Batch(indices=np.asarray(indices), lengths=lengths, inputs=inputs)
 
 
