@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cpueval import sweep
 from cpueval.config import register_configs
 from cpueval.errors import UserError
 
@@ -20,19 +21,46 @@ log = logging.getLogger("cpueval")
 
 
 def run_job(cfg: DictConfig) -> str:
-    """The Hydra task function: one evaluation in this job's output directory. Returns its status."""
+    """The Hydra task function: one evaluation in this job's output directory. Returns its status.
+
+    A job whose directory already holds an ok record for the same job config is skipped (before
+    anything heavy is imported) unless runtime.force=true. In a multirun a failing job records
+    why and returns, so the other jobs still run; the launch's exit code reports it afterwards
+    (cpueval.sweep.SweepCallback). A single run exits non-zero with a one-line error."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if not cfg.runtime.force and sweep.done_record(cfg, run_dir) is not None:
+        log.info("skipped (done): %s (runtime.force=true re-runs it)", run_dir)
+        return "skipped"
+    try:
+        with sweep.job_lock(run_dir):
+            return _evaluate(cfg, run_dir, multirun)
+    except sweep.Busy:
+        log.warning("skipped (running in another process): %s", run_dir)
+        if multirun:
+            return "busy"
+        sys.exit(1)
+
+
+def _evaluate(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
     from cpueval.pipeline import execute
     from cpueval.summary import render_summary
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         record = execute(cfg, run_dir)
     except UserError as err:
         log.error("error: %s", err)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if multirun:
             return "refused" if err.exit_code == 3 else "failed"
         sys.exit(err.exit_code)
+    except Exception as err:
+        if not multirun:
+            raise
+        # Hydra would re-raise this after the batch and skip the report: record it and go on.
+        log.exception("job failed: %s: %s", type(err).__name__, err)
+        sweep.write_failure(cfg, run_dir, err)
+        return "failed"
     print(render_summary(record), flush=True)
     return record["status"]
 
@@ -46,7 +74,11 @@ def main() -> None:
 
         sys.exit(report_main(sys.argv[2:]))
     register_configs()
+    sweep.register_resolvers()
     hydra_main()
+    # Non-zero when a job of this multirun launch failed or was refused (0 for single runs, which
+    # exit from run_job on error).
+    sys.exit(sweep.launch_exit_code())
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from cpueval.models import load_model
 from cpueval.modes.base import Mode, PreparedModel
 from cpueval.precisions.base import Precision
 from cpueval.records import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
+from cpueval.sweep import inject_fault
 from cpueval.tasks.base import MODEL_INPUT_COLUMNS, Task
 from cpueval.timing import StageTimer, latency_summary, peak_rss_mb, per_second
 
@@ -224,6 +225,7 @@ class Run:
     def execute(self) -> dict[str, Any]:
         self._t0 = time.perf_counter()
         self.save()
+        inject_fault(self.cfg)  # tests only: CPUEVAL_INJECT_FAULT (cpueval/sweep.py); no-op when unset
         cfg, rt, timer = self.cfg, self.cfg.runtime, self.timer
         caps = detect_capabilities()
         log.info("CPU: %s", caps.summary())
@@ -248,7 +250,7 @@ class Run:
         self.record["model"] = loaded.identity
         if loaded.identity["builtin_random_weights"]:
             self.warnings.append(
-                "the model has RANDOM weights (builtin:tiny-bert): the metrics mean nothing. Evaluate a real "
+                f"the model has RANDOM weights ({cfg.model.name_or_path}): the metrics mean nothing. Evaluate a real "
                 "model with model.name_or_path=<hub id or dir>, e.g. model.name_or_path=../shared/models/minilm-squad "
                 "data.path=../shared/data/squad/dev-v1.1.json")
 
@@ -298,6 +300,7 @@ class Run:
             metrics=metrics,
             headline_metrics=list(task.headline_metrics()),
             latency_ms=latency_summary(loop.latencies_s),
+            batch_latencies_ms=[round(s * 1000.0, 3) for s in loop.latencies_s],  # timed loop, batch order
             shapes={"distinct": len(loop.shapes), **prepared.stats()},
             files=[p.name for p in files],
         )

@@ -53,6 +53,16 @@ MODELS: dict[str, dict[str, int]] = {
         "max_position_embeddings": 512,
         "type_vocab_size": 2,
     },
+    # bert-base-uncased's sizes (110M parameters at BERT's vocab; fewer with the sample vocab) with
+    # random weights and the same tokenizer: realistic compute for timing sweeps, offline.
+    "builtin:bert-base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+    },
 }
 
 

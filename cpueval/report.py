@@ -1,0 +1,541 @@
+"""`cpueval report DIR... [--out DIR] [--baseline mode=eager,precision=fp32] [--gate 0.99]`
+
+One table over any set of run and sweep directories (scanned recursively for results.json, so
+directories copied together from several machines work too): a row per job with its config
+axes, status and reason, headline metrics, throughput, latency, preparation time, memory, CPU and
+feature-cache hit; each ok row is compared with its baseline row (speed-up, metric delta) and
+passes an accuracy gate or not. Written as table.csv, table.parquet and report.md (Markdown for
+terminals and GitHub), with throughput.png and latency.png (and scaling.png when batch size or
+threads vary) linked from it.
+
+Baseline of a row: the ok row that matches --baseline (default eager fp32) and is otherwise the
+same job: same config once the baseline's keys (mode, precision), the data location and the
+settings that do not change results are left out, same data content (fingerprint), same CPU model
+and same number of threads. Among several (one job run on two hosts), the one from the same host,
+then the latest. Gate: gate metric >= gate x baseline's (MLPerf's 99% rule); the gate metric is f1
+when the task reports it, else its first headline metric (--gate-metric to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import pandas as pd
+
+from cpueval.records import RESULTS_FILE, read_results
+from cpueval.sweep import NOT_IN_HASH, job_hash, parse_faults
+
+DEFAULT_BASELINE = "mode=eager,precision=fp32"
+DEFAULT_GATE = 0.99
+# Left out of a row's identity when looking for its baseline: they do not change the numbers.
+NOT_IDENTITY = (*NOT_IN_HASH, "experiment_name", "note")
+KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+MODE_ORDER = ("eager", "jit", "compile", "ipex", "ipex_jit")
+PRECISION_ORDER = ("fp32", "bf16", "int8")
+MAX_FACETS = 12
+MAX_BOXES = 40
+
+
+# -- collecting -----------------------------------------------------------------------------------
+def find_records(dirs: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """(run dir, record) for every results.json under the given dirs, each run once."""
+    seen: dict[Path, dict[str, Any]] = {}
+    for root in map(Path, dirs):
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such directory")
+        paths = [root / RESULTS_FILE] if (root / RESULTS_FILE).is_file() else sorted(root.rglob(RESULTS_FILE))
+        for path in paths:
+            if ".submitit" in path.parts or path.parent.resolve() in seen:
+                continue
+            seen[path.parent.resolve()] = read_results(path.parent) or {"status": "unreadable"}
+    return sorted(seen.items(), key=lambda item: str(item[0]))
+
+
+def _get(data: Any, dotted: str, default: Any = None) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return default
+        data = data[part]
+    return data
+
+
+def _data_label(config: Mapping[str, Any]) -> str:
+    data = config.get("data") or {}
+    if data.get("name"):
+        return f"{data['name']}/{data['subset']}" if data.get("subset") else str(data["name"])
+    return Path(str(data.get("path") or "?")).name
+
+
+def _reason(record: Mapping[str, Any]) -> Optional[str]:
+    error = record.get("error")
+    if not error:
+        return "still running, or killed (no end recorded)" if record.get("status") == "running" else None
+    return f"{error.get('type', 'Error')}: {error.get('message', '')}"
+
+
+def flatten(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """One table row from one results.json."""
+    config = record.get("config") or {}
+    actual, env, timing = record.get("actual") or {}, record.get("environment") or {}, record.get("timing") or {}
+    tput, lat = record.get("throughput") or {}, record.get("latency_ms") or {}
+    mode = _get(record, "requested.mode") or _get(config, "mode.name")
+    precision = _get(record, "requested.precision") or _get(config, "precision.name")
+    row: dict[str, Any] = {
+        "job": run_dir.name,
+        "experiment": config.get("experiment_name"),
+        "model": _get(config, "model.name_or_path"),
+        "task": _get(config, "task.name"),
+        "data": _data_label(config),
+        "max_eval_samples": _get(config, "data.max_eval_samples"),
+        "num_examples": _get(record, "data.num_examples"),
+        "mode": mode,
+        "mode_actual": actual.get("mode"),
+        "precision": precision,
+        "precision_actual": actual.get("precision"),
+        "batch_size": _get(config, "runtime.batch_size"),
+        "threads": actual.get("intra_op_threads") or _get(record, "threads.intra_op_threads")
+        or _get(config, "runtime.intra_op_threads"),
+        "attn_implementation": actual.get("attn_implementation") or _get(record, "model.attn_implementation")
+        or _get(config, "model.attn_implementation"),
+        "status": record.get("status", "unknown"),
+        "reason": _reason(record),
+        "headline_metrics": ",".join(record.get("headline_metrics") or []),
+    }
+    for name, value in (record.get("metrics") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[f"metric.{name}"] = float(value)
+    row.update({
+        "fwd_examples_s": tput.get("forward_examples_per_s"),
+        "fwd_features_s": tput.get("forward_features_per_s"),
+        "fwd_tokens_s": tput.get("forward_tokens_per_s"),
+        "e2e_examples_s": tput.get("e2e_examples_per_s"),
+        "latency_p50_ms": lat.get("p50"),
+        "latency_p90_ms": lat.get("p90"),
+        "latency_p99_ms": lat.get("p99"),
+        "prepare_s": timing.get("prepare"),
+        "warmup_s": timing.get("warmup"),
+        "tokenize_s": timing.get("tokenize"),
+        "total_s": timing.get("total"),
+        "peak_rss_mb": _get(record, "memory.peak_rss_mb"),
+        "cpu_model": env.get("cpu_model"),
+        "cpu_flags": " ".join(f for f in KEY_FLAGS if f in (env.get("isa_flags") or [])),
+        "host": env.get("host"),
+        "feature_cache": _get(record, "data.feature_cache"),
+        "job_hash": job_hash(config) if config else None,
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+        "run_dir": str(run_dir),
+    })
+    return row
+
+
+# -- baselines and gate -----------------------------------------------------------------------------
+def parse_baseline(spec: str) -> dict[str, str]:
+    """"mode=eager,precision=fp32" -> {"mode": "eager", "precision": "fp32"}."""
+    if not spec or "=" not in spec:
+        raise ValueError(f"--baseline {spec!r}: expected key=value[,key=value], e.g. {DEFAULT_BASELINE}")
+    ((selector, _),) = parse_faults(spec)  # same key=value,... syntax
+    return selector
+
+
+def _config_value(config: Mapping[str, Any], key: str) -> Optional[str]:
+    """`mode` -> mode.name, `model` -> model.name_or_path, `a.b` -> that value, as a string."""
+    value = _get(config, key)
+    if isinstance(value, Mapping):
+        value = value.get("name", value.get("name_or_path"))
+    return None if value is None else str(value)
+
+
+def _drop(data: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.get(part) if isinstance(data, dict) else None
+    if isinstance(data, dict):
+        data.pop(leaf, None)
+
+
+def identity(record: Mapping[str, Any], baseline_keys: Iterable[str]) -> str:
+    """What a row and its baseline must share (see the module docstring)."""
+    config = json.loads(json.dumps(record.get("config") or {}))
+    for key in (*NOT_IDENTITY, *baseline_keys):
+        _drop(config, key)
+    fingerprint = _get(record, "data.fingerprint")
+    if fingerprint:  # data content, not where it lies on this machine
+        config["data"] = {"fingerprint": fingerprint}
+    threads = _get(record, "actual.intra_op_threads") or _get(record, "threads.intra_op_threads")
+    key = {"config": config, "cpu": _get(record, "environment.cpu_model"), "threads": threads}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def gate_metric_for(row: Mapping[str, Any], preferred: Optional[str]) -> Optional[str]:
+    names = [n for n in str(row.get("headline_metrics") or "").split(",") if n]
+    if preferred:
+        return preferred
+    return "f1" if "f1" in names else (names[0] if names else None)
+
+
+def add_baselines(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], baseline: str = DEFAULT_BASELINE,
+                  gate: float = DEFAULT_GATE, gate_metric: Optional[str] = None) -> pd.DataFrame:
+    """Adds baseline_job, speedup, gate_metric, metric_delta, gate (one per row, in df order)."""
+    spec = parse_baseline(baseline)
+    df = df.copy()
+    df["_identity"] = [identity(r, spec) for r in records]
+    df["_is_base"] = [all(_config_value(r.get("config") or {}, k) == v for k, v in spec.items()) for r in records]
+    candidates = df[df["_is_base"] & (df["status"] == "ok")]
+    out = [_compare(row, candidates, gate, gate_metric) for _, row in df.iterrows()]
+    for column in ("baseline_job", "speedup", "gate_metric", "metric_delta", "gate"):
+        df[column] = [item[column] for item in out]
+    return df.drop(columns=["_identity", "_is_base"])
+
+
+def _compare(row: pd.Series, candidates: pd.DataFrame, gate: float, gate_metric: Optional[str]) -> dict[str, Any]:
+    metric = gate_metric_for(row, gate_metric)
+    result = {"baseline_job": None, "speedup": None, "gate_metric": metric, "metric_delta": None, "gate": None}
+    if row["status"] != "ok":
+        result["gate"] = row["status"]
+        return result
+    same = candidates[candidates["_identity"] == row["_identity"]]
+    if same.empty:
+        result["gate"] = "no baseline"
+        return result
+    base = _pick(same, row.get("host"))
+    result["baseline_job"] = base["job"]
+    if row.get("fwd_examples_s") and base.get("fwd_examples_s"):
+        result["speedup"] = row["fwd_examples_s"] / base["fwd_examples_s"]
+    value, reference = row.get(f"metric.{metric}"), base.get(f"metric.{metric}")
+    if metric is None or _missing(value) or _missing(reference):
+        result["gate"] = "no metric"
+        return result
+    result["metric_delta"] = value - reference
+    if row["run_dir"] == base["run_dir"]:
+        result["gate"] = "baseline"
+    else:
+        result["gate"] = "pass" if value >= gate * reference else "FAIL"
+    return result
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _pick(same: pd.DataFrame, host: Any) -> pd.Series:
+    """Same host first, then the latest finished."""
+    ranked = same.assign(_same_host=same["host"] == host).sort_values(
+        ["_same_host", "finished_at"], ascending=[False, False], na_position="last")
+    return ranked.iloc[0]
+
+
+# -- the table -------------------------------------------------------------------------------------
+def _order(values: pd.Series, known: Sequence[str]) -> pd.Series:
+    return values.map(lambda v: (known.index(v) if v in known else len(known), str(v)))
+
+
+def build_table(dirs: Iterable[Path], baseline: str = DEFAULT_BASELINE, gate: float = DEFAULT_GATE,
+                gate_metric: Optional[str] = None) -> pd.DataFrame:
+    found = find_records(dirs)
+    if not found:
+        raise FileNotFoundError("no results.json under " + ", ".join(map(str, dirs)))
+    records = [record for _, record in found]
+    df = pd.DataFrame([flatten(run_dir, record) for run_dir, record in found])
+    df = add_baselines(df, records, baseline, gate, gate_metric)
+    df["_records"] = records  # carried for the plots, dropped before writing
+    sort_keys = ["model", "task", "data", "batch_size", "threads", "mode", "precision", "host", "job"]
+    df = df.sort_values(sort_keys, key=lambda col: _order(col, MODE_ORDER if col.name == "mode" else
+                                                           PRECISION_ORDER if col.name == "precision" else ()),
+                        na_position="last").reset_index(drop=True)
+    return df
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if _missing(value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _signed(value: Any, digits: int = 2) -> str:
+    return "-" if _missing(value) else f"{value:+.{digits}f}"
+
+
+def _mode_label(row: Mapping[str, Any]) -> str:
+    actual = row.get("mode_actual")
+    return f"{row['mode']}→{actual}" if actual and actual != row["mode"] else str(row["mode"])
+
+
+def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str]) -> str:
+    """Columns that hold one value for every row move to a 'Common to all rows' list."""
+    metrics = sorted({c[len("metric."):] for c in df.columns if c.startswith("metric.")},
+                     key=lambda m: ("exact" not in m and m != "accuracy", m))
+    shown = _headline_columns(df, metrics)
+    table = pd.DataFrame({
+        "model": df["model"], "task": df["task"], "data": df["data"], "mode": df.apply(_mode_label, axis=1),
+        "precision": df["precision"], "batch": df["batch_size"], "threads": df["threads"],
+        "attn": df["attn_implementation"], "status": df["status"],
+        **{m: df[f"metric.{m}"].map(_fmt) if f"metric.{m}" in df else "-" for m in shown},
+        "Δ gate metric": df["metric_delta"].map(_signed), "gate": df["gate"].map(_fmt),
+        "fwd ex/s": df["fwd_examples_s"].map(_fmt), "speed-up": df["speedup"].map(lambda v: _fmt(v, 2)),
+        "tok/s": df["fwd_tokens_s"].map(lambda v: _fmt(v, 0)),
+        "p50 ms": df["latency_p50_ms"].map(_fmt), "p99 ms": df["latency_p99_ms"].map(_fmt),
+        "prep s": df["prepare_s"].map(lambda v: _fmt(v, 2)), "RSS MB": df["peak_rss_mb"].map(lambda v: _fmt(v, 0)),
+        "cache": df["feature_cache"], "cpu": df["cpu_model"], "flags": df["cpu_flags"], "host": df["host"],
+    }).fillna("-").astype(str)
+    common = {c: table[c].iloc[0] for c in table.columns
+              if c in _COMMON_CANDIDATES and table[c].nunique(dropna=False) == 1}
+    table = table.drop(columns=list(common))
+    metric_names = ", ".join(sorted(set(df["gate_metric"].dropna()))) or "the headline metric"
+    lines = [f"# cpueval report ({len(df)} jobs: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+             + ")", "", f"Generated {dt.datetime.now().isoformat(timespec='seconds')}. Baseline: `{baseline}` of the "
+             "same job (model, task, data, batch size, threads, CPU); speed-up = forward examples/s ÷ baseline's; "
+             f"Δ = {metric_names} − baseline's; gate: {metric_names} ≥ {gate:g} × baseline's.", ""]
+    if common:
+        lines += ["Common to all rows: " + "; ".join(f"{k} **{v}**" for k, v in common.items()), ""]
+    lines += [_pipe_table(table), ""]
+    failures = df[df["status"] != "ok"]
+    if not failures.empty:
+        lines += ["## Not ok", ""]
+        lines += [f"- `{r['job']}` ({_mode_label(r)} / {r['precision']}): **{r['status']}**: {r['reason'] or '-'}"
+                  for _, r in failures.iterrows()]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    lines += ["Files: table.csv, table.parquet (every column, one row per job; run_dir points at each job).", ""]
+    return "\n".join(lines)
+
+
+_COMMON_CANDIDATES = ("model", "task", "data", "mode", "precision", "batch", "threads", "attn", "cache", "cpu",
+                      "flags", "host", "status", "gate")
+
+
+def _headline_columns(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """Headline metrics of the rows (not every metric a task computes, e.g. SQuAD v2's HasAns_*)."""
+    names: list[str] = []
+    for value in df["headline_metrics"].dropna():
+        names += [n for n in str(value).split(",") if n and n not in names]
+    return names or list(metrics)[:2]
+
+
+def _pipe_table(table: pd.DataFrame) -> str:
+    """A Markdown pipe table padded to column width, so it reads on a terminal as well as on GitHub."""
+    cells = [list(table.columns)] + table.astype(str).values.tolist()
+    cells = [[c.replace("|", "\\|") for c in row] for row in cells]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(widths))]
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)) + " |"
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
+    return "\n".join([line(cells[0]), rule] + [line(row) for row in cells[1:]])
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text.replace(",", "").replace("+", ""))
+        return True
+    except ValueError:
+        return text == "-"
+
+
+# -- plots ---------------------------------------------------------------------------------------------
+def _facet_label(df: pd.DataFrame) -> pd.Series:
+    """What varies between groups besides mode and precision (model, data, batch, threads, host)."""
+    parts = [c for c in ("model", "data", "batch_size", "threads", "host") if df[c].nunique(dropna=False) > 1]
+    short = {"batch_size": "bs", "threads": "thr"}
+    if not parts:
+        return pd.Series([""] * len(df), index=df.index)
+    return df.apply(lambda r: " ".join(f"{short.get(c, '')}{'=' if c in short else ''}{r[c]}"
+                                       if c in short else str(r[c]).split("/")[-1] for c in parts), axis=1)
+
+
+def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: forward examples/s per mode (groups) x precision (bars), one panel per other
+    combination; Δ of the gate metric vs baseline above each bar; failed cells marked ✗."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    facets = _facet_label(df)
+    names = list(dict.fromkeys(facets))[:MAX_FACETS]
+    modes = sorted(df["mode"].dropna().unique(), key=lambda m: _order(pd.Series([m]), MODE_ORDER)[0])
+    precisions = sorted(df["precision"].dropna().unique(), key=lambda p: _order(pd.Series([p]), PRECISION_ORDER)[0])
+    cols = min(len(names), 3)
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 1.4 * len(modes) * len(precisions) / 2 + 3) * cols,
+                                                  4.2 * rows), squeeze=False)
+    width = 0.8 / max(len(precisions), 1)
+    for ax, name in zip(axes.flat, names):
+        part = df[facets == name]
+        top = part["fwd_examples_s"].max(skipna=True)
+        top = top if top == top and top else 1.0
+        for j, precision in enumerate(precisions):
+            for i, mode in enumerate(modes):
+                cell = part[(part["mode"] == mode) & (part["precision"] == precision)]
+                if cell.empty:
+                    continue
+                _draw_cell(ax, cell.iloc[-1], i + (j - (len(precisions) - 1) / 2) * width, width, top, j)
+        ax.set_xticks(range(len(modes)), modes)
+        ax.set_ylim(0, top * 1.25)
+        ax.set_ylabel("forward examples/s")
+        ax.set_title(name or "throughput by mode and precision", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(precisions))]
+    fig.legend(handles, precisions, title="precision", loc="center right")
+    fig.suptitle("Forward throughput; labels: Δ gate metric vs baseline; ✗ failed or refused", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
+    return _save(fig, path)
+
+
+def _draw_cell(ax: Any, row: pd.Series, x: float, width: float, top: float, color: int) -> None:
+    if row["status"] != "ok" or _missing(row["fwd_examples_s"]):
+        ax.bar(x, top * 0.04, width, color="none", edgecolor=f"C{color}", hatch="//")
+        ax.text(x, top * 0.06, f"✗ {row['status']}", ha="center", va="bottom", rotation=90, fontsize=8, color="red")
+        return
+    ax.bar(x, row["fwd_examples_s"], width, color=f"C{color}")
+    label = "base" if row["gate"] == "baseline" else (
+        f"Δ{row['gate_metric']} {_signed(row['metric_delta'], 1)}" if not _missing(row["metric_delta"])
+        else str(row["gate"]))
+    if row["gate"] == "FAIL":
+        label += " ✗gate"
+    ax.text(x, row["fwd_examples_s"] + top * 0.02, label, ha="center", va="bottom", rotation=90, fontsize=8)
+
+
+def plot_latency(df: pd.DataFrame, path: Path) -> Optional[Path]:
+    """Box plot of per-batch latencies (results.json batch_latencies_ms) per ok job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data, labels = [], []
+    facets = _facet_label(df)
+    for index, row in df.iterrows():
+        values = row["_records"].get("batch_latencies_ms") if row["status"] == "ok" else None
+        if values:
+            data.append(values)
+            labels.append(f"{_mode_label(row)}/{row['precision']}" + (f" {facets[index]}" if facets[index] else ""))
+    if not data:
+        return None
+    data, labels = data[:MAX_BOXES], labels[:MAX_BOXES]
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.38 * len(data)))
+    ax.boxplot(data, vert=False, showfliers=True)
+    ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("per-batch forward latency, ms (log scale)")
+    ax.set_title("Latency distribution per job (timed loop; batches differ in length)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_scaling(df: pd.DataFrame, path: Path) -> Optional[Path]:
+    """Throughput against batch size, one line per mode/precision/threads (when those vary)."""
+    ok = df[df["status"] == "ok"].dropna(subset=["fwd_examples_s"])
+    if ok["batch_size"].nunique() < 2 and ok["threads"].nunique() < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, part in ok.groupby(["mode", "precision", "threads"], dropna=False):
+        part = part.sort_values("batch_size")
+        ax.plot(part["batch_size"], part["fwd_examples_s"], marker="o", label=f"{key[0]}/{key[1]} thr={key[2]}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("forward examples/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same directory, then rename: concurrent readers (and a
+    second report over the same sweep) never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> Path:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+# -- writing -----------------------------------------------------------------------------------------
+def write_report(dirs: Sequence[Path], out: Path, baseline: str = DEFAULT_BASELINE, gate: float = DEFAULT_GATE,
+                 gate_metric: Optional[str] = None) -> Path:
+    """Table (CSV, parquet), plots and report.md in `out`; returns report.md's path."""
+    out = Path(out)
+    df = build_table(dirs, baseline, gate, gate_metric)
+    table = df.drop(columns=["_records"])
+    _write_text(out / "table.csv", table.to_csv(index=False))
+    _atomic(out / "table.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    plots = [plot_throughput(df, out / "throughput.png"), plot_latency(df, out / "latency.png"),
+             plot_scaling(df, out / "scaling.png")]
+    names = [p.name for p in plots if p is not None]
+    return _write_text(out / "report.md", markdown(df, gate, baseline, names))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cpueval report", description="Aggregate results.json of runs and sweeps into one table, "
+        "Markdown report and plots.")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
+    parser.add_argument("--out", type=Path, help="output directory (default: DIR/report for one DIR, "
+                        "else outputs/reports/<time>)")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE, help=f"baseline row selector (default {DEFAULT_BASELINE})")
+    parser.add_argument("--gate", type=float, default=DEFAULT_GATE, help="accuracy gate: metric >= GATE x baseline's "
+                        f"(default {DEFAULT_GATE})")
+    parser.add_argument("--gate-metric", help="metric for delta and gate (default: f1 if reported, else the task's "
+                        "first headline metric)")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    out = args.out or (args.dirs[0] / "report" if len(args.dirs) == 1 else
+                       Path("outputs/reports") / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    try:
+        path = write_report(args.dirs, out, args.baseline, args.gate, args.gate_metric)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"cpueval report: error: {err}", flush=True)
+        return 2
+    print(path.read_text(encoding="utf-8"))
+    print(f"written: {out}/ (report.md, table.csv, table.parquet, plots)")
+    return 0
