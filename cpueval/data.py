@@ -79,12 +79,16 @@ def _load_with_datasets(builder: str, path: Path, **kwargs: Any) -> datasets.Dat
         raise UserError(f"data file {path} could not be read as {builder}: {str(err).splitlines()[0]}") from None
 
 
+# Only empty cells are missing: pandas' default also reads the words "null", "NA", "nan" ... as missing,
+# and those are text in sentence data. (A byte-order mark before the header is dropped by the reader.)
+TEXT_TABLE = {"keep_default_na": False, "na_values": [""]}
+
 LOCAL_READERS: dict[str, Callable[[Path], datasets.Dataset]] = {
     "squad": _load_json,
     "json": _load_json,
     "jsonl": lambda p: _load_with_datasets("json", p),
-    "csv": lambda p: _load_with_datasets("csv", p),
-    "tsv": lambda p: _load_with_datasets("csv", p, delimiter="\t", quoting=3),
+    "csv": lambda p: _load_with_datasets("csv", p, **TEXT_TABLE),
+    "tsv": lambda p: _load_with_datasets("csv", p, delimiter="\t", quoting=3, **TEXT_TABLE),
     "parquet": lambda p: _load_with_datasets("parquet", p),
 }
 

@@ -270,6 +270,7 @@ class Run:
         real_tokens = int(sum(np.count_nonzero(b.inputs["attention_mask"].numpy()) for b in batches))
         self.record["data"].update(num_features=len(features), feature_cache=cache, num_batches=len(batches),
                                    real_tokens=real_tokens, padding_share=batching.padding_share(batches))
+        self.record["task_stats"] = task.task_stats(examples, features)
 
         reference = copy.deepcopy(loaded.model) if rt.parity_batches > 0 else None
         with timer.stage("prepare"):

@@ -117,3 +117,51 @@ class Task:
     def write_predictions(self, examples: datasets.Dataset, predictions: Predictions, out_dir: Path) -> list[Path]:
         """Write the task's prediction files atomically; return their paths."""
         raise NotImplementedError
+
+    def task_stats(self, examples: datasets.Dataset, features: datasets.Dataset) -> dict[str, Any]:
+        """Counts about pre-processing worth recording in results.json (truncated examples, split
+        sentences). Computed from the features, so a feature-cache hit reports the same numbers."""
+        return {}
+
+
+class LabelSpace:
+    """A model's labels, and the rule that turns a data set's label values into the model's label ids.
+
+    Per value, in order: `names` turns an int into its name (ClassLabel names, task.label_list);
+    `label_map` renames a value (its string form) to a model label; a name matches a model label
+    case-insensitively; an int (or a string of digits) within range is taken as a label id.
+    Shared by the tasks whose gold data are labels (text and token classification).
+    """
+
+    def __init__(self, id2label: Mapping[Any, str], label_map: Mapping[Any, Any] | None = None,
+                 names: Sequence[str] | None = None):
+        self.id2label = {int(i): str(name) for i, name in id2label.items()}
+        self._by_name = {name.lower(): i for i, name in self.id2label.items()}
+        self.label_map = {str(k): str(v) for k, v in (label_map or {}).items()}
+        self.names = list(names) if names is not None else None
+        bad = {k: v for k, v in self.label_map.items() if self._lookup(v) is None}
+        if bad:
+            raise UserError(f"task.label_map maps {bad} to labels the model does not have; its labels are {self.known()}")
+
+    def known(self) -> str:
+        return ", ".join(self.id2label[i] for i in sorted(self.id2label))
+
+    def resolve(self, value: Any) -> int | None:
+        """The model label id for one data value, or None when no rule applies."""
+        if isinstance(value, float) and value.is_integer():  # CSV/pandas turn int columns with gaps into floats
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and self.names is not None:
+            if not 0 <= value < len(self.names):
+                return None
+            value = self.names[value]
+        if value is None or isinstance(value, (bool, float)):
+            return None
+        key = str(value).strip()
+        return self._lookup(self.label_map.get(key, key))
+
+    def _lookup(self, key: str) -> int | None:
+        if key.lower() in self._by_name:
+            return self._by_name[key.lower()]
+        if key.lstrip("-").isdigit() and int(key) in self.id2label:
+            return int(key)
+        return None
