@@ -426,7 +426,10 @@ def plot_latency(df: pd.DataFrame, path: Path) -> Optional[Path]:
         return None
     data, labels = data[:MAX_BOXES], labels[:MAX_BOXES]
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.38 * len(data)))
-    ax.boxplot(data, vert=False, showfliers=True)
+    try:
+        ax.boxplot(data, orientation="horizontal", showfliers=True)
+    except TypeError:  # matplotlib < 3.10
+        ax.boxplot(data, vert=False, showfliers=True)
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")

@@ -1,0 +1,132 @@
+"""Sweep mechanics without launching: job identity (hash, subdir), skip-if-done, locks, fault
+selectors, and atomic writes under concurrency. The launched sweeps are in test_sweep_launch.py."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cpueval import sweep
+from cpueval.app import CONF_DIR
+from cpueval.config import register_configs
+from cpueval.records import read_results, write_json_atomic
+
+
+def compose_job(*overrides: str):
+    register_configs()
+    sweep.register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_subdir_is_readable_overrides_plus_the_hash_of_the_job_config() -> None:
+    cfg = compose_job("mode=jit", "runtime.batch_size=4")
+    subdir = OmegaConf.select(cfg, "hydra.sweep.subdir")
+    readable, _, digest = subdir.rpartition("__")
+    assert readable == "mode=jit,runtime.batch_size=4"
+    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    assert digest == sweep.job_hash(cfg) == sweep.job_hash(job_cfg)
+    # ...and the config stored in results.json (resolved, JSON) hashes the same
+    stored = json.loads(json.dumps(OmegaConf.to_container(job_cfg, resolve=True)))
+    assert sweep.job_hash(stored) == digest
+
+
+def test_hash_ignores_settings_that_do_not_change_results_and_sees_the_rest() -> None:
+    base = sweep.job_hash(compose_job())
+    assert sweep.job_hash(compose_job("runtime.force=true", "runtime.progress=false",
+                                      "runtime.cache_dir=/elsewhere")) == base
+    assert sweep.job_hash(compose_job("runtime.batch_size=4")) != base
+    assert sweep.job_hash(compose_job("task.doc_stride=64")) != base  # not in the overrides' names either
+
+
+def test_subdir_is_one_safe_path_component() -> None:
+    name = sweep.job_subdir("model.name_or_path=../shared/models/x,data.path=/a b/c.json", {"a": 1})
+    assert "/" not in name and " " not in name and not name.startswith(".")
+    assert sweep.job_subdir("", {"a": 1}).startswith("default__")
+    long = sweep.job_subdir("x=" + "y" * 500, {"a": 1})
+    assert len(long) <= sweep.MAX_READABLE + 2 + sweep.HASH_CHARS
+    assert sweep.job_subdir("x=" + "y" * 500, {"a": 1}) != sweep.job_subdir("x=" + "y" * 500, {"a": 2})
+
+
+def test_done_record_needs_ok_and_the_same_config(tmp_path: Path) -> None:
+    cfg = compose_job()
+    stored = json.loads(json.dumps(OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)))
+    assert sweep.done_record(cfg, tmp_path) is None  # nothing there
+    for status in ("running", "failed", "refused", "interrupted"):
+        write_json_atomic(tmp_path / "results.json", {"status": status, "config": stored})
+        assert sweep.done_record(cfg, tmp_path) is None, status
+    write_json_atomic(tmp_path / "results.json", {"status": "ok", "config": stored})
+    assert sweep.done_record(cfg, tmp_path) is not None
+    assert sweep.done_record(compose_job("runtime.batch_size=3"), tmp_path) is None
+
+
+def test_job_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    with sweep.job_lock(tmp_path):
+        with pytest.raises(sweep.Busy):
+            with sweep.job_lock(tmp_path):
+                pass
+    with sweep.job_lock(tmp_path):  # released on exit
+        pass
+
+
+def test_fault_selectors() -> None:
+    faults = sweep.parse_faults("mode=jit,precision=bf16:oom; runtime.batch_size=8")
+    assert faults == [({"mode": "jit", "precision": "bf16"}, "oom"), ({"runtime.batch_size": "8"}, "error")]
+    cfg = compose_job("mode=jit", "precision=bf16")
+    assert sweep.matches(faults[0][0], cfg) and not sweep.matches(faults[1][0], cfg)
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        sweep.parse_faults("mode=jit:explode")
+
+
+def test_inject_fault_raises_for_matching_jobs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cpueval.errors import Refused
+
+    sweep.inject_fault(compose_job())  # unset: no-op
+    monkeypatch.setenv(sweep.FAULT_ENV, "mode=jit:oom;precision=bf16:refuse")
+    sweep.inject_fault(compose_job())
+    with pytest.raises(MemoryError, match="injected fault"):
+        sweep.inject_fault(compose_job("mode=jit"))
+    with pytest.raises(Refused):
+        sweep.inject_fault(compose_job("precision=bf16"))
+
+
+def test_write_failure_keeps_a_recorded_end_and_fills_a_missing_one(tmp_path: Path) -> None:
+    cfg = compose_job()
+    sweep.write_failure(cfg, tmp_path, RuntimeError("boom"))
+    record = read_results(tmp_path)
+    assert record["status"] == "failed" and record["error"]["message"] == "boom"
+    assert sweep.job_hash(record["config"]) == sweep.job_hash(cfg)
+    write_json_atomic(tmp_path / "results.json", {"status": "refused", "error": {"message": "no"}})
+    sweep.write_failure(cfg, tmp_path, RuntimeError("later"))
+    assert read_results(tmp_path)["status"] == "refused"
+
+
+# -- concurrent writes ------------------------------------------------------------------------------
+def _writer(path: str, worker: int, rounds: int) -> None:
+    for i in range(rounds):
+        write_json_atomic(Path(path), {"worker": worker, "round": i, "payload": list(range(2000))})
+
+
+def test_concurrent_atomic_writes_never_leave_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"worker": -1, "round": -1, "payload": []})
+    ctx = mp.get_context("fork")  # spawn cannot re-import a test module loaded by importlib mode
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        data = json.loads(path.read_text())  # a torn write would fail to parse
+        assert data["payload"] in ([], list(range(2000)))
+        reads += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert reads > 0 and json.loads(path.read_text())["round"] == 39
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
