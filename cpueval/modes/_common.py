@@ -165,7 +165,10 @@ class GuardedMode(Mode):
             raise ModeFailed(
                 f"mode={self.name} failed ({reason}) and fallback mode={target} is refused: {refused}"
             ) from refused
-        prepared = fallback.prepare(model, precision, example)
+        try:
+            prepared = fallback.prepare(model, precision, example)
+        except ModeFailed as failed:
+            raise ModeFailed(f"mode={self.name} failed ({reason}); then fallback {failed}") from failed
         prepared.details = {**prepared.details, "requested_mode": self.name, "fallback_reason": reason}
         return prepared
 

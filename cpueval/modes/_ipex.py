@@ -43,7 +43,7 @@ def check_ipex(mode: str, caps: Capabilities, precision: Precision) -> None:
     """Refuse when IPEX is absent, mismatched, unimportable, or cannot do bf16 on this CPU."""
     status = ipex_status()
     if not status["installed"]:
-        raise _refuse(mode, precision.name, f"mode={mode} needs {INSTALL_HINT}")
+        raise Refused(f"mode={mode} needs {INSTALL_HINT}")  # whatever the precision
     if not status["matches_torch"]:
         raise _refuse(
             mode, precision.name,

@@ -45,6 +45,7 @@ def test_first_call_failures_count_as_preparation(monkeypatch, tiny, example_bat
 
 
 def test_fallback_that_is_refused_fails(monkeypatch, tiny, example_batch):
+    pytest.importorskip("torchao.quantization")
     monkeypatch.setattr(torch, "compile", compiled_that_fails_on_first_call)
     int8 = tiny.precision("int8", backend="torchao")
     with pytest.raises(ModeFailed, match="fallback mode=eager is refused"):

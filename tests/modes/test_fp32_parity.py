@@ -42,6 +42,9 @@ def test_fp32_matches_eager(name, fields, kind, tiny, caps, example_batch, loop_
         assert all(v.dtype.is_floating_point and v.dtype.itemsize == 4 for v in out.values())
     stats = prepared.stats()
     assert stats["distinct_shapes"] == len(set(tiny.LOOP_LENGTHS))  # warm-up calls are not counted
+    if name == "compile":
+        # automatic dynamic shapes: the first new length recompiles with a symbolic length, then no more.
+        assert stats["recompiles"] == 1 and stats["graph_breaks"] == 0
     if name.endswith("jit"):
         assert stats["traced_shape"] == list(example_batch["input_ids"].shape)
         assert stats["untraced_shapes_ran"] is True

@@ -43,6 +43,8 @@ def test_runs_and_stays_close(mode, prec, fields, max_diff, min_identical, tiny,
                               reference):
     if mode.startswith("ipex") and not ipex_status()["matches_torch"]:
         pytest.skip("needs intel-extension-for-pytorch matching torch (the IPEX environment)")
+    if fields.get("backend") == "torchao":
+        pytest.importorskip("torchao.quantization")
     precision = tiny.precision(prec, **fields)
     prepared, outputs = tiny.run_mode(create_mode(mode), precision, "qa", example_batch, loop_batches, caps)
     assert prepared.mode == mode

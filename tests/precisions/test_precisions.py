@@ -55,6 +55,7 @@ def test_int8_ao_dynamic_quantizes_every_linear():
 
 
 def test_int8_torchao_quantizes_linear_weights():
+    pytest.importorskip("torchao.quantization")
     model = make("int8", backend="torchao").convert(small_model())
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert weights and all("Int8" in type(w).__name__ for w in weights)
@@ -62,6 +63,8 @@ def test_int8_torchao_quantizes_linear_weights():
 
 @pytest.mark.parametrize("backend", ["ao_dynamic", "torchao"])
 def test_int8_stays_close_on_a_small_model(backend):
+    if backend == "torchao":
+        pytest.importorskip("torchao.quantization")
     x = torch.randn(4, 64)
     with torch.no_grad():
         ref = small_model()(x)

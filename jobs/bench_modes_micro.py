@@ -1,0 +1,149 @@
+"""Micro-benchmark: forward latency of every mode x precision on a random BERT, on this CPU.
+
+It goes through cpueval's own modes and precisions (check -> convert -> prepare -> forward), the
+path the pipeline times, on one fixed batch: warm-up calls, then the median of --reps calls.
+Outputs are compared with eager fp32 (cpueval.parity). One process runs every combination, so
+the numbers are comparable with each other; the machine should be otherwise idle.
+
+    .venv/bin/python jobs/bench_modes_micro.py                 # bert-base (BertConfig defaults), 8x384
+    .venv/bin/python jobs/bench_modes_micro.py --layers 2 --reps 3 --only eager:fp32 jit:fp32
+    .venv/bin/python jobs/bench_modes_micro.py --unchecked --only eager:int8:torchao   # a refused pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from importlib import import_module
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+
+from cpueval.environment import describe_environment, detect_capabilities, usable_cores
+from cpueval.errors import Refused
+from cpueval.modes._common import create_mode
+from cpueval.parity import compare_outputs
+from cpueval.precisions.base import Precision
+
+# mode:precision[:option] ; the option is bf16's weights or int8's backend.
+DEFAULT_COMBOS = [
+    "eager:fp32", "jit:fp32", "compile:fp32",
+    "eager:bf16", "eager:bf16:cast", "jit:bf16", "compile:bf16",
+    "eager:int8", "jit:int8", "compile:int8", "compile:int8:torchao",
+]
+IPEX_COMBOS = ["ipex:fp32", "ipex_jit:fp32", "ipex:bf16", "ipex_jit:bf16"]
+OPTION_FIELD = {"bf16": "weights", "int8": "backend"}
+
+
+def make_precision(name: str, option: str | None) -> Precision:
+    fields = {OPTION_FIELD[name]: option} if option else {}
+    schema = import_module(f"cpueval.precisions.{name}").SCHEMA(**fields)
+    return get_class(schema._target_)(schema)
+
+
+def build_model(layers: int) -> torch.nn.Module:
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    return BertForQuestionAnswering(BertConfig(num_hidden_layers=layers)).eval()
+
+
+def make_inputs(batch: int, length: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": torch.randint(1000, 30000, (batch, length), generator=g),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch, length, dtype=torch.long),
+    }
+
+
+def run_combo(combo: str, base: torch.nn.Module, inputs: dict, args: argparse.Namespace) -> dict[str, Any]:
+    mode_name, prec_name, *option = combo.split(":")
+    precision, mode = make_precision(prec_name, option[0] if option else None), create_mode(mode_name)
+    caps = detect_capabilities()
+    try:
+        precision.check(caps, mode.name)
+        mode.check(caps, precision)
+    except Refused as refused:
+        if not args.unchecked:
+            return {"combo": combo, "refused": str(refused)}
+    start = time.perf_counter()
+    prepared = mode.prepare(precision.convert(copy.deepcopy(base)), precision, inputs)
+    prepare_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        prepared.forward(inputs)
+    times, outputs = [], None
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        outputs = prepared.forward(inputs)
+        times.append(time.perf_counter() - start)
+    return {
+        "combo": combo, "mode": prepared.mode, "median_ms": 1000 * statistics.median(times),
+        "min_ms": 1000 * min(times), "prepare_s": prepare_s, "warnings": precision.warnings,
+        "outputs": outputs, "stats": prepared.stats(),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    base = next((r["median_ms"] for r in results if r["combo"] == "eager:fp32" and "median_ms" in r), None)
+    lines = [f"{'mode:precision':24s} {'median ms':>10s} {'vs eager fp32':>14s} {'prepare s':>10s} "
+             f"{'max|diff|':>10s} {'same argmax':>11s}"]
+    for r in results:
+        if "refused" in r:
+            lines.append(f"{r['combo']:24s} refused: {r['refused']}")
+            continue
+        ratio = f"{r['median_ms'] / base:.2f}x" if base else "-"
+        lines.append(f"{r['combo']:24s} {r['median_ms']:10.0f} {ratio:>14s} {r['prepare_s']:10.1f} "
+                     f"{r.get('max_abs_diff', float('nan')):10.2e} {r.get('identical', float('nan')):11.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=384)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=usable_cores())
+    parser.add_argument("--only", nargs="+", help="combinations mode:precision[:option] (default: all that run here)")
+    parser.add_argument("--unchecked", action="store_true", help="measure refused combinations anyway (if they run)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    combos = args.only or DEFAULT_COMBOS + IPEX_COMBOS
+    env = describe_environment()
+    print(f"# {env['cpu_model']}, {args.threads} threads, torch {torch.__version__}, "
+          f"BERT {args.layers} layers, batch {args.batch}x{args.length}, load {os.getloadavg()[0]:.1f}", flush=True)
+    base, inputs = build_model(args.layers), make_inputs(args.batch, args.length)
+    results, reference = [], None
+    for combo in combos:
+        try:
+            result = run_combo(combo, base, inputs, args)
+        except Exception as error:  # report and go on: one broken pair must not hide the others
+            result = {"combo": combo, "refused": f"FAILED {type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+        if combo == "eager:fp32" and "outputs" in result:
+            reference = result["outputs"]
+        if reference is not None and "outputs" in result:
+            parity = compare_outputs([reference], [result["outputs"]])
+            result.update(max_abs_diff=parity["max_abs_diff"], identical=parity["identical_predictions"])
+        result.pop("outputs", None)
+        results.append(result)
+        print(table(results).splitlines()[-1], flush=True)
+    print(f"\n# load average at the end: {os.getloadavg()[0]:.1f}\n{table(results)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "environment": env, "results": results}, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

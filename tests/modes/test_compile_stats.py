@@ -1,0 +1,26 @@
+"""torch.compile's recompiles are counted, and hitting the recompile limit fails loudly."""
+
+from __future__ import annotations
+
+import pytest
+
+from cpueval.modes._common import create_mode
+
+pytestmark = pytest.mark.slow
+
+
+def test_static_shapes_recompile_once_per_new_length(tiny, caps, example_batch):
+    # dynamic=false: one graph per length. prepare() compiles the example's length (16).
+    lengths = [16, 8, 8, 16]
+    batches = [tiny.make_batch(length) for length in lengths]
+    mode = create_mode("compile", dynamic=False, recompile_limit=2)
+    prepared, _ = tiny.run_mode(mode, tiny.precision("fp32"), "qa", example_batch, batches, caps)
+    stats = prepared.stats()
+    assert stats["prepare_frames_compiled"] == 1
+    assert stats["recompiles"] == 1  # length 8, once
+    assert stats["distinct_shapes"] == 2 and stats["calls"] == 4
+    assert stats["graph_breaks"] == 0
+    # A third length exceeds recompile_limit=2: dynamo would run it eagerly and silently; here it raises.
+    with pytest.raises(Exception, match="(?i)recompile"):
+        prepared.forward(tiny.make_batch(24))
+
