@@ -20,16 +20,15 @@ import statistics
 import sys
 import time
 import warnings
-from importlib import import_module
 from typing import Any
 
 import torch
-from hydra.utils import get_class
 
 from cpueval.environment import describe_environment, detect_capabilities, usable_cores
 from cpueval.errors import Refused
 from cpueval.modes._common import create_mode
 from cpueval.parity import compare_outputs
+from cpueval.precisions import create_precision
 from cpueval.precisions.base import Precision
 
 # mode:precision[:option] ; the option is bf16's weights or int8's backend.
@@ -43,9 +42,7 @@ OPTION_FIELD = {"bf16": "weights", "int8": "backend"}
 
 
 def make_precision(name: str, option: str | None) -> Precision:
-    fields = {OPTION_FIELD[name]: option} if option else {}
-    schema = import_module(f"cpueval.precisions.{name}").SCHEMA(**fields)
-    return get_class(schema._target_)(schema)
+    return create_precision(name, **({OPTION_FIELD[name]: option} if option else {}))
 
 
 def build_model(layers: int) -> torch.nn.Module:

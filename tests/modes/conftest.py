@@ -15,6 +15,7 @@ import torch
 
 from cpueval.environment import Capabilities, detect_capabilities
 from cpueval.modes.base import Mode, PreparedModel
+from cpueval.precisions import create_precision
 from cpueval.precisions.base import Precision
 
 EXAMPLE_LENGTH = 16  # prepare() sees this length; the loop also runs 8, 24, 32
@@ -61,12 +62,7 @@ def real_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
 
 
 def precision(name: str, **fields) -> Precision:
-    from importlib import import_module
-
-    from hydra.utils import get_class
-
-    schema = import_module(f"cpueval.precisions.{name}").SCHEMA(**fields)
-    return get_class(schema._target_)(schema)
+    return create_precision(name, **fields)
 
 
 def run_mode(

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import get_class
 
+from cpueval.precisions import create_precision
 from cpueval.precisions.base import Precision
 
 
 def make(name: str, **fields) -> Precision:
-    from importlib import import_module
-
-    schema = import_module(f"cpueval.precisions.{name}").SCHEMA(**fields)
-    return get_class(schema._target_)(schema)
+    return create_precision(name, **fields)
 
 
 def small_model() -> torch.nn.Module:
