@@ -267,7 +267,8 @@ def _signed(value: Any, digits: int = 2) -> str:
 
 def _mode_label(row: Mapping[str, Any]) -> str:
     actual = row.get("mode_actual")
-    return f"{row['mode']}→{actual}" if actual and actual != row["mode"] else str(row["mode"])
+    fell_back = not _missing(actual) and actual and actual != row["mode"]
+    return f"{row['mode']}→{actual}" if fell_back else str(row["mode"])
 
 
 def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str]) -> str:
@@ -275,12 +276,14 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
     metrics = sorted({c[len("metric."):] for c in df.columns if c.startswith("metric.")},
                      key=lambda m: ("exact" not in m and m != "accuracy", m))
     shown = _headline_columns(df, metrics)
+    gate_metrics = sorted(set(df["gate_metric"].dropna()))
+    delta = f"Δ {gate_metrics[0]}" if len(gate_metrics) == 1 else "Δ gate metric"
     table = pd.DataFrame({
         "model": df["model"], "task": df["task"], "data": df["data"], "mode": df.apply(_mode_label, axis=1),
         "precision": df["precision"], "batch": df["batch_size"], "threads": df["threads"],
         "attn": df["attn_implementation"], "status": df["status"],
         **{m: df[f"metric.{m}"].map(_fmt) if f"metric.{m}" in df else "-" for m in shown},
-        "Δ gate metric": df["metric_delta"].map(_signed), "gate": df["gate"].map(_fmt),
+        delta: df["metric_delta"].map(_signed), "gate": df["gate"].map(_fmt),
         "fwd ex/s": df["fwd_examples_s"].map(_fmt), "speed-up": df["speedup"].map(lambda v: _fmt(v, 2)),
         "tok/s": df["fwd_tokens_s"].map(lambda v: _fmt(v, 0)),
         "p50 ms": df["latency_p50_ms"].map(_fmt), "p99 ms": df["latency_p99_ms"].map(_fmt),
@@ -290,7 +293,7 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
     common = {c: table[c].iloc[0] for c in table.columns
               if c in _COMMON_CANDIDATES and table[c].nunique(dropna=False) == 1}
     table = table.drop(columns=list(common))
-    metric_names = ", ".join(sorted(set(df["gate_metric"].dropna()))) or "the headline metric"
+    metric_names = ", ".join(gate_metrics) or "the headline metric"
     lines = [f"# cpueval report ({len(df)} jobs: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
              + ")", "", f"Generated {dt.datetime.now().isoformat(timespec='seconds')}. Baseline: `{baseline}` of the "
              "same job (model, task, data, batch size, threads, CPU); speed-up = forward examples/s ÷ baseline's; "
@@ -381,7 +384,7 @@ def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
                     continue
                 _draw_cell(ax, cell.iloc[-1], i + (j - (len(precisions) - 1) / 2) * width, width, top, j)
         ax.set_xticks(range(len(modes)), modes)
-        ax.set_ylim(0, top * 1.25)
+        ax.set_ylim(0, top * 1.5)  # room for the rotated labels
         ax.set_ylabel("forward examples/s")
         ax.set_title(name or "throughput by mode and precision", fontsize=10)
         ax.grid(axis="y", alpha=0.3)

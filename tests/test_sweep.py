@@ -130,3 +130,10 @@ def test_concurrent_atomic_writes_never_leave_a_partial_file(tmp_path: Path) -> 
         assert p.exitcode == 0
     assert reads > 0 and json.loads(path.read_text())["round"] == 39
     assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_single_run_dir_carries_the_job_hash() -> None:
+    """Two runs started in the same second get different dirs unless they are the same job."""
+    cfg = compose_job("runtime.batch_size=4")
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    assert run_dir.startswith("outputs/runs/") and run_dir.endswith("_default_" + sweep.job_hash(cfg))
