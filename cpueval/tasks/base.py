@@ -165,3 +165,12 @@ class LabelSpace:
         if key.lstrip("-").isdigit() and int(key) in self.id2label:
             return int(key)
         return None
+
+
+def with_string_ids(examples: datasets.Dataset) -> datasets.Dataset:
+    """Examples with an `id` column of strings: the data's own ids (GLUE's int idx), else the row index."""
+    if "id" not in examples.column_names:
+        return examples.add_column("id", [str(i) for i in range(len(examples))])
+    if examples.features["id"] != datasets.Value("string"):
+        return examples.cast_column("id", datasets.Value("string"))
+    return examples

@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from cpueval.errors import UserError
 from cpueval.metrics.classification import classification_metrics
 from cpueval.records import write_lines_atomic, write_text_atomic
-from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig
+from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig, with_string_ids
 
 PREDICTION_FORMATS = ("jsonl", "csv")
 PREDICTION_FIELDS = ("id", "prediction", "score", "label")
@@ -86,10 +86,7 @@ class TextClassification(Task):
         for column in ("text", "text_pair"):
             if column in examples.column_names:
                 _check_texts(examples[column], column, source)
-        if "id" not in examples.column_names:
-            examples = examples.add_column("id", [str(i) for i in range(len(examples))])
-        else:
-            examples = examples.cast_column("id", datasets.Value("string"))
+        examples = with_string_ids(examples)
         ids = self._label_ids(examples["label"], examples.features["label"], source)
         return examples.remove_columns("label").add_column("label", ids)
 

@@ -35,7 +35,7 @@ from cpueval.data import register_reader
 from cpueval.errors import UserError
 from cpueval.metrics.token_classification import MODES, SCHEMES, token_classification_metrics
 from cpueval.records import write_lines_atomic
-from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig
+from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig, with_string_ids
 
 # CoNLL-2003 in the order of the hub data set's ClassLabel (and of the builtin model's head).
 CONLL2003_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -105,19 +105,16 @@ class TokenClassification(Task):
     def prepare_examples(self, examples: datasets.Dataset, source: str) -> datasets.Dataset:
         """Tags -> model label ids (`tag_ids`) and the model's names for them (`tags`)."""
         labels = LabelSpace(self.labels.id2label, self.config.label_map, self._int_tag_names(examples))
-        lines = examples["line"] if "line" in examples.column_names else None
+        lines = list(examples["line"]) if "line" in examples.column_names else None
         tag_ids = []
         for row, (tokens, tags) in enumerate(zip(examples["tokens"], examples["tags"])):
-            where = (lambda i: f"{source}:{lines[row] + i}") if lines else (
-                lambda i: f"{source} row {row + 1}, token {i + 1}")
             if len(tokens) != len(tags):
-                raise UserError(f"{where(0)}: {len(tokens)} tokens but {len(tags)} tags; give one tag per token")
-            tag_ids.append([_resolve_tag(labels, tag, where(i)) for i, tag in enumerate(tags)])
+                raise UserError(f"{_where(source, lines, row, 0)}: {len(tokens)} tokens but {len(tags)} tags; "
+                                f"give one tag per token")
+            tag_ids.append([_resolve_tag(labels, tag, _where(source, lines, row, i)) for i, tag in enumerate(tags)])
         names = [[self.labels.id2label[i] for i in ids] for ids in tag_ids]
-        if "id" not in examples.column_names:
-            examples = examples.add_column("id", [str(i) for i in range(len(examples))])
-        examples = examples.remove_columns("tags").add_column("tags", names).add_column("tag_ids", tag_ids)
-        return examples.cast_column("id", datasets.Value("string"))
+        examples = with_string_ids(examples)
+        return examples.remove_columns("tags").add_column("tags", names).add_column("tag_ids", tag_ids)
 
     def _int_tag_names(self, examples: datasets.Dataset) -> list[str] | None:
         if self.config.label_list:
@@ -298,6 +295,11 @@ def encode_entities(entities: Sequence[tuple[str, int, int]], length: int, schem
         tags[start:end] = [f"{opening}-{kind}"] + [f"I-{kind}"] * (end - start - 1)
         previous_end, previous_kind = end, kind
     return tags
+
+
+def _where(source: str, lines: list[int] | None, row: int, token: int) -> str:
+    """Where a token is, for errors: its line in a CoNLL file, else its row and position."""
+    return f"{source}:{lines[row] + token}" if lines else f"{source} row {row + 1}, token {token + 1}"
 
 
 def _resolve_tag(labels: LabelSpace, tag: Any, where: str) -> int:
