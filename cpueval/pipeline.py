@@ -251,8 +251,8 @@ class Run:
         if loaded.identity["builtin_random_weights"]:
             self.warnings.append(
                 f"the model has RANDOM weights ({cfg.model.name_or_path}): the metrics mean nothing. Evaluate a real "
-                "model with model.name_or_path=<hub id or dir>, e.g. model.name_or_path=../shared/models/minilm-squad "
-                "data.path=../shared/data/squad/dev-v1.1.json")
+                f"model with model.name_or_path=<hub id or local dir> data.path=<file>, e.g. for task=qa: "
+                "model.name_or_path=../shared/models/minilm-squad data.path=../shared/data/squad/dev-v1.1.json")
 
         with timer.stage("data_load"):
             examples, source = load_examples(cfg.data)
