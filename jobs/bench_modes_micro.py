@@ -1,9 +1,11 @@
 """Micro-benchmark: forward latency of every mode x precision on a random BERT, on this CPU.
 
 It goes through cpueval's own modes and precisions (check -> convert -> prepare -> forward), the
-path the pipeline times, on one fixed batch: warm-up calls, then the median of --reps calls.
-Outputs are compared with eager fp32 (cpueval.parity). One process runs every combination, so
-the numbers are comparable with each other; the machine should be otherwise idle.
+path the pipeline times, on one fixed batch. Every combination is prepared and warmed up first,
+then the timed calls go round-robin (one call per combination per round), so load from other
+processes hits all of them alike; it reports the median wall time and the median process CPU
+time per call (CPU time / threads is close to the idle-machine wall time when the machine is
+shared). Outputs are compared with eager fp32 (cpueval.parity).
 
     .venv/bin/python jobs/bench_modes_micro.py                 # bert-base (BertConfig defaults), 8x384
     .venv/bin/python jobs/bench_modes_micro.py --layers 2 --reps 3 --only eager:fp32 jit:fp32
@@ -61,7 +63,7 @@ def make_inputs(batch: int, length: int) -> dict[str, torch.Tensor]:
     }
 
 
-def run_combo(combo: str, base: torch.nn.Module, inputs: dict, args: argparse.Namespace) -> dict[str, Any]:
+def prepare_combo(combo: str, base: torch.nn.Module, inputs: dict, args: argparse.Namespace) -> dict[str, Any]:
     mode_name, prec_name, *option = combo.split(":")
     precision, mode = make_precision(prec_name, option[0] if option else None), create_mode(mode_name)
     caps = detect_capabilities()
@@ -75,30 +77,38 @@ def run_combo(combo: str, base: torch.nn.Module, inputs: dict, args: argparse.Na
     prepared = mode.prepare(precision.convert(copy.deepcopy(base)), precision, inputs)
     prepare_s = time.perf_counter() - start
     for _ in range(args.warmup):
-        prepared.forward(inputs)
-    times, outputs = [], None
-    for _ in range(args.reps):
-        start = time.perf_counter()
         outputs = prepared.forward(inputs)
-        times.append(time.perf_counter() - start)
-    return {
-        "combo": combo, "mode": prepared.mode, "median_ms": 1000 * statistics.median(times),
-        "min_ms": 1000 * min(times), "prepare_s": prepare_s, "warnings": precision.warnings,
-        "outputs": outputs, "stats": prepared.stats(),
-    }
+    return {"combo": combo, "mode": prepared.mode, "prepare_s": prepare_s, "warnings": precision.warnings,
+            "prepared": prepared, "outputs": outputs, "wall": [], "cpu": []}
+
+
+def time_call(result: dict[str, Any], inputs: dict) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result["prepared"].forward(inputs)
+    result["cpu"].append(time.process_time() - cpu)
+    result["wall"].append(time.perf_counter() - wall)
+
+
+def summarize(result: dict[str, Any], reference: Any) -> None:
+    result.pop("prepared")
+    result["median_ms"] = 1000 * statistics.median(result.pop("wall"))
+    result["cpu_ms"] = 1000 * statistics.median(result.pop("cpu"))
+    parity = compare_outputs([reference], [result.pop("outputs")])
+    result.update(max_abs_diff=parity["max_abs_diff"], identical=parity["identical_predictions"])
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    base = next((r["median_ms"] for r in results if r["combo"] == "eager:fp32" and "median_ms" in r), None)
-    lines = [f"{'mode:precision':24s} {'median ms':>10s} {'vs eager fp32':>14s} {'prepare s':>10s} "
-             f"{'max|diff|':>10s} {'same argmax':>11s}"]
+    base = next((r for r in results if r["combo"] == "eager:fp32" and "median_ms" in r), None)
+    lines = [f"{'mode:precision':22s} {'wall ms':>8s} {'ratio':>6s} {'cpu ms':>8s} {'ratio':>6s} {'prep s':>7s} "
+             f"{'max|diff|':>9s} {'argmax=':>7s}"]
     for r in results:
         if "refused" in r:
-            lines.append(f"{r['combo']:24s} refused: {r['refused']}")
+            lines.append(f"{r['combo']:22s} refused: {r['refused']}")
             continue
-        ratio = f"{r['median_ms'] / base:.2f}x" if base else "-"
-        lines.append(f"{r['combo']:24s} {r['median_ms']:10.0f} {ratio:>14s} {r['prepare_s']:10.1f} "
-                     f"{r.get('max_abs_diff', float('nan')):10.2e} {r.get('identical', float('nan')):11.2f}")
+        wall = f"{r['median_ms'] / base['median_ms']:.2f}" if base else "-"
+        cpu = f"{r['cpu_ms'] / base['cpu_ms']:.2f}" if base else "-"
+        lines.append(f"{r['combo']:22s} {r['median_ms']:8.0f} {wall:>6s} {r['cpu_ms']:8.0f} {cpu:>6s} "
+                     f"{r['prepare_s']:7.1f} {r['max_abs_diff']:9.1e} {r['identical']:7.2f}")
     return "\n".join(lines)
 
 
@@ -110,7 +120,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=usable_cores())
-    parser.add_argument("--only", nargs="+", help="combinations mode:precision[:option] (default: all that run here)")
+    parser.add_argument("--only", nargs="+", help="combinations mode:precision[:option] (default: all that run here); "
+                        "ratios and parity are against eager:fp32, or the first one if it is absent")
     parser.add_argument("--unchecked", action="store_true", help="measure refused combinations anyway (if they run)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -118,24 +129,28 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     combos = args.only or DEFAULT_COMBOS + IPEX_COMBOS
+    if "eager:fp32" in combos:  # the reference for ratios and parity: prepared first
+        combos = ["eager:fp32"] + [c for c in combos if c != "eager:fp32"]
     env = describe_environment()
     print(f"# {env['cpu_model']}, {args.threads} threads, torch {torch.__version__}, "
           f"BERT {args.layers} layers, batch {args.batch}x{args.length}, load {os.getloadavg()[0]:.1f}", flush=True)
     base, inputs = build_model(args.layers), make_inputs(args.batch, args.length)
-    results, reference = [], None
+    results = []
     for combo in combos:
         try:
-            result = run_combo(combo, base, inputs, args)
+            results.append(prepare_combo(combo, base, inputs, args))
         except Exception as error:  # report and go on: one broken pair must not hide the others
-            result = {"combo": combo, "refused": f"FAILED {type(error).__name__}: {str(error).splitlines()[0][:200]}"}
-        if combo == "eager:fp32" and "outputs" in result:
-            reference = result["outputs"]
-        if reference is not None and "outputs" in result:
-            parity = compare_outputs([reference], [result["outputs"]])
-            result.update(max_abs_diff=parity["max_abs_diff"], identical=parity["identical_predictions"])
-        result.pop("outputs", None)
-        results.append(result)
-        print(table(results).splitlines()[-1], flush=True)
+            results.append({"combo": combo, "refused": f"FAILED {type(error).__name__}: {str(error).splitlines()[0][:200]}"})
+        last = results[-1]
+        print(f"prepared {combo}: " + (last["refused"] if "refused" in last else f"{last['prepare_s']:.1f} s"), flush=True)
+    running = [r for r in results if "prepared" in r]
+    for round_ in range(args.reps):
+        for result in running:
+            time_call(result, inputs)
+        print(f"round {round_ + 1}/{args.reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    reference = next((r["outputs"] for r in running if r["combo"] == "eager:fp32"), running[0]["outputs"])
+    for result in running:
+        summarize(result, reference)
     print(f"\n# load average at the end: {os.getloadavg()[0]:.1f}\n{table(results)}")
     if args.json:
         with open(args.json, "w") as f:

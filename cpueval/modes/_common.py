@@ -18,7 +18,7 @@ from hydra.utils import get_class
 
 from cpueval.environment import detect_capabilities
 from cpueval.errors import Refused, UserError
-from cpueval.modes.base import Inputs, Mode, ModeConfig, Outputs, PreparedModel
+from cpueval.modes.base import Inputs, Mode, Outputs, PreparedModel
 from cpueval.precisions.base import Precision
 
 log = logging.getLogger(__name__)

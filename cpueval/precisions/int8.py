@@ -21,8 +21,8 @@ from cpueval.precisions.base import Precision, PrecisionConfig
 # backend -> {mode: why it is refused}; modes absent here are allowed.
 REFUSED_MODES: dict[str, dict[str, str]] = {
     "ao_dynamic": {
-        "ipex": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager or jit",
-        "ipex_jit": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager or jit",
+        "ipex": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager, jit or compile",
+        "ipex_jit": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager, jit or compile",
     },
     "torchao": {
         "eager": "torchao int8 without torch.compile runs its quantize/int8-matmul ops unfused, slower than "
@@ -45,7 +45,7 @@ AO_DEPRECATED = (
 class Int8Config(PrecisionConfig):
     _target_: str = "cpueval.precisions.int8.Int8Precision"
     name: str = "int8"
-    # ao_dynamic: torch.ao quantize_dynamic (eager, jit). torchao: torchao int8 dynamic (compile).
+    # ao_dynamic: torch.ao quantize_dynamic (eager, jit, compile). torchao: torchao int8 dynamic (compile only).
     backend: str = "ao_dynamic"
 
 

@@ -30,6 +30,8 @@ CASES = [
     pytest.param("jit", "int8", {"backend": "ao_dynamic"}, 5e-2, 0.75, id="jit-int8-ao_dynamic"),
     pytest.param("compile", "bf16", {"weights": "autocast"}, 1e-2, 0.75, id="compile-bf16-autocast",
                  marks=pytest.mark.slow),
+    pytest.param("compile", "int8", {"backend": "ao_dynamic"}, 5e-2, 0.75, id="compile-int8-ao_dynamic",
+                 marks=pytest.mark.slow),
     pytest.param("compile", "int8", {"backend": "torchao"}, 5e-2, 0.75, id="compile-int8-torchao",
                  marks=pytest.mark.slow),
     pytest.param("ipex", "bf16", {"weights": "autocast"}, 1e-2, 0.75, id="ipex-bf16-autocast", marks=pytest.mark.ipex),

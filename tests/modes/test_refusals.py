@@ -62,7 +62,7 @@ def test_int8_refuses_modes_it_cannot_run_with(backend, mode, tiny):
         tiny.precision("int8", backend=backend).check(SAPPHIRE, mode)
 
 
-@pytest.mark.parametrize("backend, mode", [("ao_dynamic", "eager"), ("ao_dynamic", "jit"), ("torchao", "compile")])
+@pytest.mark.parametrize("backend, mode", [("ao_dynamic", "eager"), ("ao_dynamic", "jit"), ("ao_dynamic", "compile"), ("torchao", "compile")])
 def test_int8_allows_what_works(backend, mode, tiny):
     if backend == "torchao":
         pytest.importorskip("torchao.quantization")
