@@ -23,16 +23,23 @@ log = logging.getLogger("cpueval")
 def run_job(cfg: DictConfig) -> str:
     """The Hydra task function: one evaluation in this job's output directory. Returns its status.
 
-    A job whose directory already holds an ok record for the same job config is skipped (before
-    anything heavy is imported) unless runtime.force=true. In a multirun a failing job records
-    why and returns, so the other jobs still run; the launch's exit code reports it afterwards
+    A job whose directory already holds an ok record for the same job config, or a refusal by
+    this same installation, is skipped (before anything heavy is imported) unless
+    runtime.force=true. In a multirun a failing job records why and returns, so the other jobs still run; the launch's exit code reports it afterwards
     (cpueval.sweep.SweepCallback). A single run exits non-zero with a one-line error."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if not cfg.runtime.force and sweep.done_record(cfg, run_dir) is not None:
+    done = None if cfg.runtime.force else sweep.done_record(cfg, run_dir)
+    if done is not None and done["status"] == "ok":
         log.info("skipped (done): %s (runtime.force=true re-runs it)", run_dir)
         return "skipped"
+    if done is not None:
+        log.warning("skipped (refused before, same host and packages): %s: %s (runtime.force=true re-runs it)",
+                    run_dir, (done.get("error") or {}).get("message", ""))
+        if multirun:
+            return "refused"
+        sys.exit(3)  # as when it was refused (cpueval.errors.Refused.exit_code)
     try:
         with sweep.job_lock(run_dir):
             return _evaluate(cfg, run_dir, multirun)

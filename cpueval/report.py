@@ -261,6 +261,18 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _num(value: Any) -> str:
+    """About three significant digits: 0.213, 4.35, 43.5, 4,352."""
+    if _missing(value):
+        return "-"
+    magnitude = abs(value)
+    return f"{value:,.{3 if magnitude < 1 else 2 if magnitude < 10 else 1 if magnitude < 100 else 0}f}"
+
+
+def _int(value: Any) -> str:
+    return "-" if _missing(value) else str(int(value))
+
+
 def _signed(value: Any, digits: int = 2) -> str:
     return "-" if _missing(value) else f"{value:+.{digits}f}"
 
@@ -280,14 +292,14 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
     delta = f"Δ {gate_metrics[0]}" if len(gate_metrics) == 1 else "Δ gate metric"
     table = pd.DataFrame({
         "model": df["model"], "task": df["task"], "data": df["data"], "mode": df.apply(_mode_label, axis=1),
-        "precision": df["precision"], "batch": df["batch_size"], "threads": df["threads"],
+        "precision": df["precision"], "batch": df["batch_size"].map(_int), "threads": df["threads"].map(_int),
         "attn": df["attn_implementation"], "status": df["status"],
         **{m: df[f"metric.{m}"].map(_fmt) if f"metric.{m}" in df else "-" for m in shown},
         delta: df["metric_delta"].map(_signed), "gate": df["gate"].map(_fmt),
-        "fwd ex/s": df["fwd_examples_s"].map(_fmt), "speed-up": df["speedup"].map(lambda v: _fmt(v, 2)),
-        "tok/s": df["fwd_tokens_s"].map(lambda v: _fmt(v, 0)),
-        "p50 ms": df["latency_p50_ms"].map(_fmt), "p99 ms": df["latency_p99_ms"].map(_fmt),
-        "prep s": df["prepare_s"].map(lambda v: _fmt(v, 2)), "RSS MB": df["peak_rss_mb"].map(lambda v: _fmt(v, 0)),
+        "fwd ex/s": df["fwd_examples_s"].map(_num), "speed-up": df["speedup"].map(lambda v: _fmt(v, 2)),
+        "tok/s": df["fwd_tokens_s"].map(_num),
+        "p50 ms": df["latency_p50_ms"].map(_num), "p99 ms": df["latency_p99_ms"].map(_num),
+        "prep s": df["prepare_s"].map(_num), "RSS MB": df["peak_rss_mb"].where(df["status"] == "ok").map(lambda v: _fmt(v, 0)),
         "cache": df["feature_cache"], "cpu": df["cpu_model"], "flags": df["cpu_flags"], "host": df["host"],
     }).fillna("-").astype(str)
     common = {c: table[c].iloc[0] for c in table.columns
@@ -346,14 +358,35 @@ def _looks_numeric(text: str) -> bool:
 
 
 # -- plots ---------------------------------------------------------------------------------------------
-def _facet_label(df: pd.DataFrame) -> pd.Series:
-    """What varies between groups besides mode and precision (model, data, batch, threads, host)."""
-    parts = [c for c in ("model", "data", "batch_size", "threads", "host") if df[c].nunique(dropna=False) > 1]
-    short = {"batch_size": "bs", "threads": "thr"}
-    if not parts:
-        return pd.Series([""] * len(df), index=df.index)
-    return df.apply(lambda r: " ".join(f"{short.get(c, '')}{'=' if c in short else ''}{r[c]}"
-                                       if c in short else str(r[c]).split("/")[-1] for c in parts), axis=1)
+FACET_COLUMNS = ("model", "data", "batch_size", "threads", "host")
+
+
+def _facets(df: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """Panels: one per combination of what varies besides mode and precision (model, data, batch,
+    threads, host). A row missing such a value (a job refused before threads were set) joins every
+    panel that agrees with it on the rest."""
+    columns = [c for c in FACET_COLUMNS if df[c].nunique(dropna=True) > 1]
+    if not columns:
+        return [("", pd.Series(True, index=df.index))]
+    complete = df.dropna(subset=columns)
+    panels = []
+    for values in dict.fromkeys(map(tuple, complete[columns].astype(str).values)):
+        mask = pd.Series(True, index=df.index)
+        for column, value in zip(columns, values):
+            mask &= df[column].isna() | (df[column].astype(str) == value)
+        panels.append((" ".join(_facet_part(c, df.loc[mask, c].dropna().iloc[0]) for c in columns), mask))
+    return panels
+
+
+def _facet_part(column: str, value: Any) -> str:
+    if column in ("batch_size", "threads"):
+        return f"{'bs' if column == 'batch_size' else 'thr'}={_int(value)}"
+    return str(value).rstrip("/").split("/")[-1]
+
+
+def _row_label(row: pd.Series, df: pd.DataFrame) -> str:
+    extra = [_facet_part(c, row[c]) for c in FACET_COLUMNS if df[c].nunique(dropna=True) > 1 and not _missing(row[c])]
+    return " ".join([f"{_mode_label(row)}/{row['precision']}", *extra])
 
 
 def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
@@ -364,17 +397,16 @@ def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    facets = _facet_label(df)
-    names = list(dict.fromkeys(facets))[:MAX_FACETS]
+    panels = _facets(df)[:MAX_FACETS]
     modes = sorted(df["mode"].dropna().unique(), key=lambda m: _order(pd.Series([m]), MODE_ORDER)[0])
     precisions = sorted(df["precision"].dropna().unique(), key=lambda p: _order(pd.Series([p]), PRECISION_ORDER)[0])
-    cols = min(len(names), 3)
-    rows = (len(names) + cols - 1) // cols
+    cols = min(len(panels), 3)
+    rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 1.4 * len(modes) * len(precisions) / 2 + 3) * cols,
                                                   4.2 * rows), squeeze=False)
     width = 0.8 / max(len(precisions), 1)
-    for ax, name in zip(axes.flat, names):
-        part = df[facets == name]
+    for ax, (name, mask) in zip(axes.flat, panels):
+        part = df[mask]
         top = part["fwd_examples_s"].max(skipna=True)
         top = top if top == top and top else 1.0
         for j, precision in enumerate(precisions):
@@ -388,7 +420,7 @@ def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("forward examples/s")
         ax.set_title(name or "throughput by mode and precision", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(precisions))]
     fig.legend(handles, precisions, title="precision", loc="center right")
@@ -419,12 +451,11 @@ def plot_latency(df: pd.DataFrame, path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     data, labels = [], []
-    facets = _facet_label(df)
-    for index, row in df.iterrows():
+    for _, row in df.iterrows():
         values = row["_records"].get("batch_latencies_ms") if row["status"] == "ok" else None
         if values:
             data.append(values)
-            labels.append(f"{_mode_label(row)}/{row['precision']}" + (f" {facets[index]}" if facets[index] else ""))
+            labels.append(_row_label(row, df))
     if not data:
         return None
     data, labels = data[:MAX_BOXES], labels[:MAX_BOXES]

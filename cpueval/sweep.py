@@ -4,7 +4,8 @@ Hydra callback that summarises a launch, sets the exit code and writes the repor
 Job identity. A job's directory is ``<sweep dir>/<readable overrides>__<job hash>``, where the
 job hash is `job_hash` of the job's resolved config (see there for exactly what it covers). The
 same hash is recomputed from the config stored in results.json, so "is this job done?" compares
-like with like: same directory, status ok, same hash -> skipped. Distinct configs get distinct
+like with like: same directory, same hash, and status ok (or refused by this same installation)
+-> skipped; failed, interrupted and running (killed) records are re-run. Distinct configs get distinct
 directories even when Hydra's override string is truncated or identical (hydra#2925), and the
 same config always lands in the same directory, launch after launch (hydra#1407).
 """
@@ -34,7 +35,7 @@ HASH_CHARS = 8
 # Hydra's override_dirname, conf/config.yaml), so toggling them keeps the job's directory.
 NOT_IN_HASH = ("runtime.force", "runtime.progress", "runtime.cache_dir")
 # Longest readable part of a job directory name; the hash keeps truncated names distinct.
-MAX_READABLE = 120
+MAX_READABLE = 180  # + '__' + hash stays well under the 255-byte name limit
 LOCK_FILE = ".cpueval.lock"
 FAULT_ENV = "CPUEVAL_INJECT_FAULT"
 RESOLVERS = ("cpueval.job_hash", "cpueval.job_subdir")
@@ -94,12 +95,29 @@ def register_resolvers() -> None:
 
 # -- skip if done ---------------------------------------------------------------------------------
 def done_record(cfg: Any, run_dir: Path) -> Optional[dict[str, Any]]:
-    """The job dir's record if it is finished (status ok) for this same job config, else None.
-    running / interrupted / failed / refused records, and records of another config, are redone."""
+    """The job dir's record if this job is done for this same job config, else None.
+
+    Done: status ok; or status refused by this same installation (same host, same package
+    versions): a refusal is a fact about the config here, re-running gives the same answer. Failed,
+    running and interrupted records, and records of another config, are re-run."""
     record = read_results(run_dir)
-    if not record or record.get("status") != "ok" or not isinstance(record.get("config"), dict):
+    if not record or not isinstance(record.get("config"), dict):
         return None
-    return record if job_hash(record["config"]) == job_hash(cfg) else None
+    if record.get("status") == "ok" or (record.get("status") == "refused" and same_installation(record)):
+        return record if job_hash(record["config"]) == job_hash(cfg) else None
+    return None
+
+
+def same_installation(record: Mapping[str, Any]) -> bool:
+    """Recorded on this host with the package versions installed now (what refusals depend on)."""
+    import platform
+
+    from cpueval.environment import package_version
+
+    env = record.get("environment") or {}
+    versions = env.get("versions") or {}
+    return bool(versions) and env.get("host") == platform.node() and all(
+        package_version(name) == version for name, version in versions.items())
 
 
 class Busy(Exception):
@@ -213,7 +231,7 @@ _launch_failures: list[str] = []
 
 
 def launch_exit_code() -> int:
-    """1 if the last multirun launch in this process had a job that did not end ok, else 0."""
+    """1 if, after the last multirun launch in this process, a job of its sweep dir is not ok."""
     return 1 if _launch_failures else 0
 
 
@@ -233,15 +251,16 @@ def summarize_launch(sweep_dir: Path, launch_start: dt.datetime) -> dict[str, An
 
     A job skipped as done keeps its earlier record, so it counts as done, not as run."""
     floor = launch_start.replace(microsecond=0)
-    ran, done, not_ok = [], [], []
+    ran, done, not_ok, statuses = [], [], [], {}
     for job_dir, record in scan_jobs(sweep_dir):
         started = _parse_time(record.get("started_at"))
         this_launch = started is not None and started >= floor
         status = record.get("status", "unknown")
+        statuses[status] = statuses.get(status, 0) + 1
         (ran if this_launch else done).append(job_dir)
         if status != "ok":
             not_ok.append((job_dir, status, _reason(record), this_launch))
-    return {"ran": ran, "done_before": done, "not_ok": not_ok}
+    return {"ran": ran, "done_before": done, "not_ok": not_ok, "statuses": statuses}
 
 
 def _parse_time(text: Any) -> Optional[dt.datetime]:
@@ -281,11 +300,12 @@ class SweepCallback(Callback):  # type: ignore[misc]
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         summary = summarize_launch(sweep_dir, self.started)
-        failed_now = [item for item in summary["not_ok"] if item[3]]
-        _launch_failures[:] = [str(item[0]) for item in failed_now]
+        # The sweep dir is the unit: a job refused before and skipped now still makes the exit code 1.
+        _launch_failures[:] = [str(item[0]) for item in summary["not_ok"]]
         total = len(summary["ran"]) + len(summary["done_before"])
-        log.info("sweep %s: %d jobs; this launch ran %d, %d were already done; %d not ok",
-                 sweep_dir, total, len(summary["ran"]), len(summary["done_before"]), len(summary["not_ok"]))
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["statuses"].items()))
+        log.info("sweep %s: %d jobs (%s); this launch ran %d, %d had run before", sweep_dir, total,
+                 counts or "none", len(summary["ran"]), len(summary["done_before"]))
         for job_dir, status, reason, _ in summary["not_ok"]:
             log.error("  %s %s: %s", status, job_dir.name, reason or "(no reason recorded)")
         if self.report and total:

@@ -58,12 +58,29 @@ def test_done_record_needs_ok_and_the_same_config(tmp_path: Path) -> None:
     stored = json.loads(json.dumps(OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)))
     assert sweep.done_record(cfg, tmp_path) is None  # nothing there
-    for status in ("running", "failed", "refused", "interrupted"):
+    for status in ("running", "failed", "interrupted"):
         write_json_atomic(tmp_path / "results.json", {"status": status, "config": stored})
         assert sweep.done_record(cfg, tmp_path) is None, status
     write_json_atomic(tmp_path / "results.json", {"status": "ok", "config": stored})
     assert sweep.done_record(cfg, tmp_path) is not None
     assert sweep.done_record(compose_job("runtime.batch_size=3"), tmp_path) is None
+
+
+def test_a_refusal_is_kept_only_by_the_same_installation(tmp_path: Path) -> None:
+    from cpueval.environment import describe_environment
+
+    cfg = compose_job()
+    stored = json.loads(json.dumps(OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)))
+    env = describe_environment()
+    write_json_atomic(tmp_path / "results.json", {"status": "refused", "config": stored, "environment": env})
+    assert sweep.done_record(cfg, tmp_path)["status"] == "refused"
+    other_host = {**env, "host": env["host"] + "-other"}
+    write_json_atomic(tmp_path / "results.json", {"status": "refused", "config": stored, "environment": other_host})
+    assert sweep.done_record(cfg, tmp_path) is None
+    new_torch = {**env, "versions": {**env["versions"], "torch": "0.0.1"}}
+    write_json_atomic(tmp_path / "results.json", {"status": "refused", "config": stored, "environment": new_torch})
+    assert sweep.done_record(cfg, tmp_path) is None
 
 
 def test_job_lock_is_exclusive_and_released(tmp_path: Path) -> None:

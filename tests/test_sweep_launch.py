@@ -28,6 +28,7 @@ def launch(sweep_dir: Path, *overrides: str, fault: str = "", cache: Path | None
     result = subprocess.run([sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides],
                             capture_output=True, text=True, env=env, timeout=900)
     print(result.stdout[-3000:], result.stderr[-6000:])  # shown when a test fails
+    result.log = result.stdout + result.stderr  # type: ignore[attr-defined]
     return result
 
 
@@ -43,7 +44,7 @@ def by_batch(recs: dict[str, dict]) -> dict[tuple[str, int], dict]:
     return {(r["config"]["precision"]["name"], r["config"]["runtime"]["batch_size"]): r for r in recs.values()}
 
 
-def test_failures_are_isolated_then_resume_runs_only_what_is_missing_and_force_reruns(tmp_path: Path) -> None:
+def test_failures_are_isolated_then_resume_reruns_failures_keeps_refusals_and_force_reruns_all(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     grid = ("precision=fp32,bf16", "runtime.batch_size=4,8")
     first = launch(sweep_dir, *grid, fault="precision=bf16,runtime.batch_size=8:oom;precision=fp32,runtime.batch_size=8:refuse")
@@ -53,7 +54,7 @@ def test_failures_are_isolated_then_resume_runs_only_what_is_missing_and_force_r
     assert recs[("fp32", 4)]["status"] == recs[("bf16", 4)]["status"] == "ok"
     assert recs[("bf16", 8)]["status"] == "failed" and recs[("bf16", 8)]["error"]["type"] == "MemoryError"
     assert recs[("fp32", 8)]["status"] == "refused" and "injected fault" in recs[("fp32", 8)]["error"]["message"]
-    assert "this launch ran 4" in first.stderr
+    assert "this launch ran 4," in first.log
     # the job dir's name ends in the hash of the config its record holds
     for name, record in records(sweep_dir).items():
         assert name.endswith("__" + job_hash(record["config"])) and "precision=" in name
@@ -61,25 +62,27 @@ def test_failures_are_isolated_then_resume_runs_only_what_is_missing_and_force_r
     assert "## Not ok" in report and "MemoryError" in report and (sweep_dir / "report" / "throughput.png").exists()
 
     before = mtimes(sweep_dir)
-    second = launch(sweep_dir, *grid)  # same command, fault gone: only the two failed jobs run
-    assert second.returncode == 0, second.stderr[-2000:]
+    second = launch(sweep_dir, *grid)  # same command, faults gone: only the failed job runs again;
+    assert second.returncode == 1       # the refusal stands (same host and packages): still not all ok
     after = mtimes(sweep_dir)
     changed = {name for name in after if after[name] != before[name]}
     assert {(r["config"]["precision"]["name"], r["config"]["runtime"]["batch_size"])
-            for n, r in records(sweep_dir).items() if n in changed} == {("bf16", 8), ("fp32", 8)}
-    assert second.stderr.count("skipped (done)") == 2 and "this launch ran 2" in second.stderr
-    assert all(r["status"] == "ok" for r in records(sweep_dir).values())
+            for n, r in records(sweep_dir).items() if n in changed} == {("bf16", 8)}
+    assert second.log.count("skipped (done)") == 2 and second.log.count("skipped (refused before") == 1
+    assert "this launch ran 1," in second.log
+    assert by_batch(records(sweep_dir))[("bf16", 8)]["status"] == "ok"
 
-    third = launch(sweep_dir, *grid)  # everything done: 0 jobs run
-    assert third.returncode == 0
+    third = launch(sweep_dir, *grid)  # nothing left to do: 0 jobs run
+    assert third.returncode == 1
     assert mtimes(sweep_dir) == after
-    assert third.stderr.count("skipped (done)") == 4 and "this launch ran 0" in third.stderr
+    assert third.log.count("skipped (done)") == 3 and "this launch ran 0," in third.log
 
-    forced = launch(sweep_dir, *grid, "runtime.force=true")  # same dirs, all re-run
+    forced = launch(sweep_dir, *grid, "runtime.force=true")  # same dirs, all re-run, now all ok
     assert forced.returncode == 0
     final = mtimes(sweep_dir)
     assert set(final) == set(after) and all(final[n] != after[n] for n in final)
-    assert "skipped (done)" not in forced.stderr
+    assert "skipped (" not in forced.log
+    assert all(r["status"] == "ok" for r in records(sweep_dir).values())
 
 
 def test_a_killed_launch_resumes_with_the_unfinished_jobs(tmp_path: Path) -> None:
@@ -96,7 +99,7 @@ def test_a_killed_launch_resumes_with_the_unfinished_jobs(tmp_path: Path) -> Non
     assert all(r["status"] == "ok" for r in recs.values()) and set(recs) == {2, 4, 8}
     ok_dir = next(n for n, m in done_mtime.items() if records(sweep_dir)[n]["config"]["runtime"]["batch_size"] == 2)
     assert mtimes(sweep_dir)[ok_dir] == done_mtime[ok_dir]
-    assert "this launch ran 2" in resumed.stderr
+    assert "this launch ran 2," in resumed.log
 
 
 def test_parallel_joblib_jobs_share_one_sweep_dir_and_cache(tmp_path: Path) -> None:
