@@ -25,8 +25,8 @@ def run_job(cfg: DictConfig) -> str:
 
     A job whose directory already holds an ok record for the same job config, or a refusal by
     this same installation, is skipped (before anything heavy is imported) unless
-    runtime.force=true. In a multirun a failing job records why and returns, so the other jobs still run; the launch's exit code reports it afterwards
-    (cpueval.sweep.SweepCallback). A single run exits non-zero with a one-line error."""
+    runtime.force=true. In a multirun a failing job records why and returns, so the other jobs
+    still run; the launch's exit code reports it afterwards (cpueval.sweep.SweepCallback). A single run exits non-zero with a one-line error."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
