@@ -36,8 +36,8 @@ REFUSED_MODES: dict[str, dict[str, str]] = {
 BACKENDS = tuple(REFUSED_MODES)
 NOT_NATIVE = "int8 is not native on this CPU (no VNNI/AMX-INT8): quantized matmuls may be slower than fp32"
 AO_DEPRECATED = (
-    "int8 backend ao_dynamic uses torch.ao.quantization.quantize_dynamic, deprecated since torch 2.10 "
-    "in favour of torchao"
+    "int8 backend ao_dynamic uses torch.ao.quantization.quantize_dynamic, which torch deprecates in favour of "
+    f"torchao (still works in torch {torch.__version__}); backend=torchao is its successor (mode=compile)"
 )
 
 
