@@ -43,7 +43,7 @@ from cpueval.precisions.base import Precision
 from cpueval.records import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
 from cpueval.sweep import inject_fault
 from cpueval.tasks.base import MODEL_INPUT_COLUMNS, Task
-from cpueval.timing import StageTimer, latency_summary, peak_rss_mb, per_second
+from cpueval.timing import RssSampler, StageTimer, latency_summary, peak_rss_mb, per_second
 
 log = logging.getLogger("cpueval")
 
@@ -218,12 +218,13 @@ class Run:
     def _finish(self) -> None:
         self.record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.record["timing"] = {**self.timer.seconds, "total": time.perf_counter() - self._t0}
-        self.record["memory"] = {"peak_rss_mb": peak_rss_mb()}
+        self.record["memory"] = {"peak_rss_mb": self._rss.stop(), "process_peak_rss_mb": peak_rss_mb()}
         self.record["warnings"] = self.warnings
         self.save()
 
     def execute(self) -> dict[str, Any]:
         self._t0 = time.perf_counter()
+        self._rss = RssSampler().start()
         self.save()
         inject_fault(self.cfg)  # tests only: CPUEVAL_INJECT_FAULT (cpueval/sweep.py); no-op when unset
         cfg, rt, timer = self.cfg, self.cfg.runtime, self.timer

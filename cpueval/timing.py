@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import threading
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
+import psutil
 
 
 class StageTimer:
@@ -45,6 +47,38 @@ def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class RssSampler:
+    """Peak RSS during one job, sampled in a background thread.
+
+    The process-lifetime peak (ru_maxrss) is wrong for the second and later jobs of a multirun that
+    Hydra's basic launcher runs in one process; sampling measures this job alone (to within the
+    sampling interval)."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpueval-rss", daemon=True)
+        self._process = psutil.Process()
+
+    def _run(self) -> None:
+        while True:
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """Stop sampling; the job's peak in MB."""
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+        return self.peak_bytes / 2**20
 
 
 def per_second(count: float, seconds: float) -> float | None:
