@@ -16,6 +16,8 @@
 #   CPUEVAL_SLURM_MEM_HEADROOM_MB  memory kept for the OS  (default max(1024, 10% of RAM))
 #   CPUEVAL_SLURM_WAIT_S    how long start waits for idle   (default 60)
 #   CPUEVAL_SLURM_ACCOUNTING=1  same as --accounting
+#   CPUEVAL_SLURM_CRED_EXPIRE  job credential lifetime in s (default 10; Slurm's default 120). A
+#                           requeued job waits this long + 1 s before it may start again.
 #   CPUEVAL_SLURM_CGROUP=1  proctrack/cgroup + task/cgroup (cores and memory confined); the
 #                           default (linuxproc, task/none) also works where cgroups do not
 set -euo pipefail
@@ -23,6 +25,7 @@ set -euo pipefail
 PROG=$(basename "$0")
 CLUSTER=${CPUEVAL_SLURM_CLUSTER:-cpueval}
 WAIT_S=${CPUEVAL_SLURM_WAIT_S:-60}
+CRED_EXPIRE=${CPUEVAL_SLURM_CRED_EXPIRE:-10}
 CGROUP=${CPUEVAL_SLURM_CGROUP:-0}
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
@@ -176,6 +179,9 @@ SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# Credential lifetime; also the delay before a requeued job may start again (cred_expire + 1 s).
+# Slurm's 120 s makes every requeue/preemption test wait 2 min; one local node needs far less.
+AuthInfo=cred_expire=$CRED_EXPIRE
 StateSaveLocation=$STATE_DIR
 SlurmdSpoolDir=$SPOOL_DIR
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
@@ -210,7 +216,9 @@ EOF
   fi
   cat >>"$tmp" <<EOF
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+# Short scheduling passes: a requeued job becomes eligible after cred_expire + 1 s and is only
+# started by the next periodic pass (defaults: main loop 60 s, backfill 30 s).
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=5,bf_interval=5
 ReturnToService=2
 SlurmdTimeout=60
 # Grace between SIGTERM and SIGKILL on cancel/requeue/time limit (Slurm default: 30).
