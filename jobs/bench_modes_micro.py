@@ -7,6 +7,11 @@ processes hits all of them alike; it reports the median wall time and the median
 time per call (CPU time / threads is close to the idle-machine wall time when the machine is
 shared). Outputs are compared with eager fp32 (cpueval.parity).
 
+Caveat for compile:* rows: each compile prepare resets dynamo (one model per job in cpueval), so
+a compile combination prepared earlier recompiles on its first timed call here; use --reps 5 or
+more (the median drops it), or measure compile combinations one per process with --only. Their
+recompiles are in the --json output (stats).
+
     .venv/bin/python jobs/bench_modes_micro.py                 # bert-base (BertConfig defaults), 8x384
     .venv/bin/python jobs/bench_modes_micro.py --layers 2 --reps 3 --only eager:fp32 jit:fp32
     .venv/bin/python jobs/bench_modes_micro.py --unchecked --only eager:int8:torchao   # a refused pair
@@ -90,7 +95,7 @@ def time_call(result: dict[str, Any], inputs: dict) -> None:
 
 
 def summarize(result: dict[str, Any], reference: Any) -> None:
-    result.pop("prepared")
+    result["stats"] = result.pop("prepared").stats()
     result["median_ms"] = 1000 * statistics.median(result.pop("wall"))
     result["cpu_ms"] = 1000 * statistics.median(result.pop("cpu"))
     parity = compare_outputs([reference], [result.pop("outputs")])
