@@ -133,7 +133,8 @@ def git_commit(path: Optional[Path] = None) -> Optional[str]:
 
 
 def slurm_context() -> Optional[dict[str, Any]]:
-    """Slurm job facts when running under Slurm (job id, array index, node, cores granted)."""
+    """Slurm job facts when running under Slurm: job id, array job id/index, node, cores granted,
+    restart count (0 on the first run; n after n requeues: preemption, time limit, scontrol requeue)."""
     if "SLURM_JOB_ID" not in os.environ:
         return None
     keys = {
@@ -145,7 +146,12 @@ def slurm_context() -> Optional[dict[str, Any]]:
         "restart_count": "SLURM_RESTART_COUNT",
         "partition": "SLURM_JOB_PARTITION",
     }
-    return {k: os.environ.get(v) for k, v in keys.items()}
+    context: dict[str, Any] = {k: os.environ.get(v) for k, v in keys.items()}
+    for key in ("array_task_id", "cpus_per_task", "restart_count"):
+        value = context[key]
+        context[key] = int(value) if value and value.isdigit() else value
+    context["restart_count"] = context["restart_count"] or 0  # unset on the first run
+    return context
 
 
 def describe_environment() -> dict[str, Any]:

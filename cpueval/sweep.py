@@ -21,8 +21,11 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -162,6 +165,70 @@ def write_failure(cfg: Any, run_dir: Path, err: BaseException) -> None:
     })
 
 
+# -- signals: preemption, time limit, requeue, Ctrl-C -------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """Raised in the job by SIGTERM/SIGUSR2 (Slurm requeue/preemption/time limit, scancel, kill).
+
+    A KeyboardInterrupt, so the pipeline records the run as `interrupted` exactly as for Ctrl-C.
+    `previous` is the handler that was installed before cpueval's (submitit's requeue handler for
+    SIGUSR2 in a Slurm job), to be called once the record is written."""
+
+    def __init__(self, signum: int, previous: Any = None) -> None:
+        self.signum = signum
+        self.previous = previous
+        super().__init__(f"{signal.Signals(signum).name}: {SIGNAL_MEANING.get(signum, 'signal')}")
+
+
+SIGNAL_MEANING = {
+    signal.SIGTERM: "stopped (Slurm requeue, preemption or scancel, or kill); re-run the job to finish it",
+    signal.SIGUSR2: "Slurm time limit near or preemption (submitit requeues the job)",
+    signal.SIGINT: "interrupted by the user",
+}
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """While the job runs, SIGTERM and SIGUSR2 raise `Interrupted` in the main thread (once; a
+    repeated signal while the job is being recorded is ignored). The handlers that were installed
+    before (submitit's in a Slurm job) are restored on exit. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if fired:
+            log.warning("%s received again while stopping: ignored", signal.Signals(signum).name)
+            return
+        fired.append(signum)
+        log.warning("%s received: recording the run as interrupted", signal.Signals(signum).name)
+        raise Interrupted(signum, previous[signum])
+
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+def exit_interrupted(err: KeyboardInterrupt) -> None:
+    """After an interruption is recorded: hand the signal to the handler it pre-empted (submitit's
+    SIGUSR2 handler checkpoints, requeues the job and exits), else exit 128 + signal number.
+
+    SystemExit, not an exception: it passes through Hydra's run_job and submitit's job wrapper, so
+    no result is returned for an unfinished job -- the launcher waits for the requeued run, and a
+    job stopped inside Slurm's kill grace period does not report success and then run again."""
+    signum = getattr(err, "signum", signal.SIGINT)
+    previous: Optional[Callable[..., Any]] = getattr(err, "previous", None)
+    if callable(previous):
+        previous(signum, None)  # submitit: requeue + sys.exit(-1), or raise if out of requeues
+    raise SystemExit(128 + int(signum))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -172,8 +239,9 @@ def _now() -> str:
 # hash or directory, so that re-launching the same sweep without it resumes the very same jobs
 # (the faulted ones re-run, the others are skipped). It reaches joblib/submitit workers through
 # their inherited environment. Kinds: error (RuntimeError), oom (MemoryError), refuse (Refused),
-# kill (the process dies at once with SIGKILL, as under the OOM killer: results.json stays "running").
-FAULT_KINDS = ("error", "oom", "refuse", "kill")
+# kill (the process dies at once with SIGKILL, as under the OOM killer: results.json stays "running"),
+# delay=SECONDS (sleeps that long after the "running" record, e.g. to requeue a job mid-run).
+FAULT_KINDS = ("error", "oom", "refuse", "kill", "delay")
 
 
 def parse_faults(spec: str) -> list[tuple[dict[str, str], str]]:
@@ -182,7 +250,13 @@ def parse_faults(spec: str) -> list[tuple[dict[str, str], str]]:
     for item in filter(None, (part.strip() for part in spec.split(";"))):
         selector_text, _, kind = item.partition(":")
         kind = kind.strip() or "error"
-        if kind not in FAULT_KINDS:
+        name, _, arg = kind.partition("=")
+        if name == "delay":
+            try:
+                float(arg or "10")
+            except ValueError:
+                raise ValueError(f"{FAULT_ENV}: delay=SECONDS expected, got {kind!r} in {item!r}") from None
+        elif kind not in FAULT_KINDS:
             raise ValueError(f"{FAULT_ENV}: unknown fault kind {kind!r} in {item!r}; one of {', '.join(FAULT_KINDS)}")
         selector = {}
         for pair in filter(None, (p.strip() for p in selector_text.split(","))):
@@ -215,6 +289,9 @@ def inject_fault(cfg: Any) -> None:
         if matches(selector, cfg):
             what = f"injected fault ({FAULT_ENV}: {kind} for {','.join(f'{k}={v}' for k, v in selector.items())})"
             log.warning(what)
+            if kind.startswith("delay"):
+                time.sleep(float(kind.partition("=")[2] or "10"))
+                continue
             if kind == "kill":
                 os.kill(os.getpid(), 9)
             if kind == "oom":
@@ -228,6 +305,12 @@ def inject_fault(cfg: Any) -> None:
 
 # -- launch summary, exit code, report (Hydra callback) -------------------------------------------
 _launch_failures: list[str] = []
+_launch_config: list[DictConfig] = []  # the config of the multirun launch in progress (SweepCallback)
+
+
+def launch_config() -> Optional[DictConfig]:
+    """The config of the multirun launched in this process (for launcher error messages), or None."""
+    return _launch_config[0] if _launch_config else None
 
 
 def launch_exit_code() -> int:
@@ -296,6 +379,7 @@ class SweepCallback(Callback):  # type: ignore[misc]
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = dt.datetime.now(dt.timezone.utc)
         _launch_failures.clear()
+        _launch_config[:] = [config]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
