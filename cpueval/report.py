@@ -124,6 +124,8 @@ def flatten(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         "tokenize_s": timing.get("tokenize"),
         "total_s": timing.get("total"),
         "peak_rss_mb": _get(record, "memory.peak_rss_mb"),
+        "parity_max_abs_diff": _get(record, "parity.max_abs_diff"),
+        "parity_identical": _get(record, "parity.identical_predictions"),
         "cpu_model": env.get("cpu_model"),
         "cpu_flags": " ".join(f for f in KEY_FLAGS if f in (env.get("isa_flags") or [])),
         "host": env.get("host"),
@@ -299,7 +301,10 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
         "fwd ex/s": df["fwd_examples_s"].map(_num), "speed-up": df["speedup"].map(lambda v: _fmt(v, 2)),
         "tok/s": df["fwd_tokens_s"].map(_num),
         "p50 ms": df["latency_p50_ms"].map(_num), "p99 ms": df["latency_p99_ms"].map(_num),
-        "prep s": df["prepare_s"].map(_num), "RSS MB": df["peak_rss_mb"].where(df["status"] == "ok").map(lambda v: _fmt(v, 0)),
+        "prep s": df["prepare_s"].map(_num),
+        "parity Δmax": df["parity_max_abs_diff"].map(lambda v: "-" if _missing(v) else f"{v:.1e}") if "parity_max_abs_diff" in df else "-",
+        "same pred": df["parity_identical"].map(lambda v: _fmt(v, 3)) if "parity_identical" in df else "-",
+        "RSS MB": df["peak_rss_mb"].where(df["status"] == "ok").map(lambda v: _fmt(v, 0)),
         "cache": df["feature_cache"], "cpu": df["cpu_model"], "flags": df["cpu_flags"], "host": df["host"],
     }).fillna("-").astype(str)
     common = {c: table[c].iloc[0] for c in table.columns
@@ -326,7 +331,7 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
 
 
 _COMMON_CANDIDATES = ("model", "task", "data", "mode", "precision", "batch", "threads", "attn", "cache", "cpu",
-                      "flags", "host", "status", "gate")
+                      "flags", "host", "status", "gate", "parity Δmax", "same pred")
 
 
 def _headline_columns(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:

@@ -191,3 +191,17 @@ def test_running_record_is_listed(tmp_path: Path) -> None:
     write(root, "killed", {k: record[k] for k in ("status", "config", "requested", "started_at", "environment")})
     df = report.build_table([root])
     assert df.iloc[0]["status"] == "running" and "killed" in df.iloc[0]["reason"]
+
+
+def test_parity_figures_reach_the_table_and_markdown(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    write(root, "eager_fp32", make_record())
+    int8 = make_record(precision="int8", speed=20.0)
+    int8["parity"] = {"max_abs_diff": 0.0625, "identical_predictions": 0.875}
+    write(root, "eager_int8", int8)
+    df = report.build_table([root])
+    assert row(df, "eager_int8")["parity_max_abs_diff"] == pytest.approx(0.0625)
+    assert row(df, "eager_int8")["parity_identical"] == pytest.approx(0.875)
+    assert pd.isna(row(df, "eager_fp32")["parity_identical"])
+    text = report.markdown(df, 0.99, "mode=eager,precision=fp32", [])
+    assert "same pred" in text and "0.875" in text and "6.2e-02" in text
