@@ -41,7 +41,7 @@ from cpueval.models import load_model
 from cpueval.modes.base import Mode, PreparedModel
 from cpueval.precisions.base import Precision
 from cpueval.records import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
-from cpueval.sweep import inject_fault
+from cpueval.sweep import earlier_attempts, inject_fault
 from cpueval.tasks.base import MODEL_INPUT_COLUMNS, Task
 from cpueval.timing import RssSampler, StageTimer, latency_summary, peak_rss_mb, per_second
 
@@ -206,6 +206,7 @@ class Run:
             "requested": {"mode": cfg.mode.name, "precision": cfg.precision.name},
             "environment": describe_environment(),
             "run_dir": str(self.run_dir),
+            "earlier_attempts": earlier_attempts(self.run_dir),  # interrupted/failed runs this one replaces
         }
 
     def save(self) -> Path:

@@ -165,6 +165,18 @@ def write_failure(cfg: Any, run_dir: Path, err: BaseException) -> None:
     })
 
 
+def earlier_attempts(run_dir: Path, keep: int = 10) -> list[dict[str, Any]]:
+    """The unfinished attempts a new run of this job replaces (interrupted, failed, killed while
+    running), oldest first, each with its status, times, error and Slurm context: a requeued
+    job's final record still shows that it was interrupted, when, and on which run."""
+    record = read_results(run_dir)
+    if not record or record.get("status") in (None, "ok"):
+        return []
+    attempt = {key: record.get(key) for key in ("status", "started_at", "finished_at", "error")}
+    attempt["slurm"] = (record.get("environment") or {}).get("slurm")
+    return [*(record.get("earlier_attempts") or []), attempt][-keep:]
+
+
 # -- signals: preemption, time limit, requeue, Ctrl-C -------------------------------------------
 class Interrupted(KeyboardInterrupt):
     """Raised in the job by SIGTERM/SIGUSR2 (Slurm requeue/preemption/time limit, scancel, kill).
