@@ -216,9 +216,13 @@ class Run:
         self.record.update(status=status, error={"type": type(error).__name__, "message": str(error)})
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, counts: Optional[tuple[int, int, int, float]] = None) -> None:
+        """Close the record (timing, memory, and throughput from `counts` = examples, features,
+        real tokens, loop seconds) and write it in one atomic step."""
         self.record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.record["timing"] = {**self.timer.seconds, "total": time.perf_counter() - self._t0}
+        if counts is not None:
+            self.record["throughput"] = throughput(self.record["timing"]["total"], *counts)
         self.record["memory"] = {"peak_rss_mb": self._rss.stop(), "process_peak_rss_mb": peak_rss_mb()}
         self.record["warnings"] = self.warnings
         self.save()
@@ -307,15 +311,12 @@ class Run:
             shapes={"distinct": len(loop.shapes), **prepared.stats()},
             files=[p.name for p in files],
         )
-        self._finish()
-        self.record["throughput"] = throughput(self.record, len(examples), len(features), real_tokens, loop.seconds)
-        self.save()
+        self._finish((len(examples), len(features), real_tokens, loop.seconds))
         write_json_atomic(self.run_dir / "eval_results.json", hf_eval_results(task, self.record, len(features)))
         return self.record
 
 
-def throughput(record: dict[str, Any], examples: int, features: int, tokens: int, loop_s: float) -> dict[str, Any]:
-    total = record["timing"]["total"]
+def throughput(total: float, examples: int, features: int, tokens: int, loop_s: float) -> dict[str, Any]:
     return {
         "forward_examples_per_s": per_second(examples, loop_s),
         "forward_features_per_s": per_second(features, loop_s),
