@@ -134,6 +134,8 @@ def flatten(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
         "run_dir": str(run_dir),
+        # the sweep (or run date) a row belongs to: tells two nights' rows apart in one report
+        "sweep": run_dir.parent.name,
     })
     return row
 
@@ -305,7 +307,7 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
         "parity Δmax": df["parity_max_abs_diff"].map(lambda v: "-" if _missing(v) else f"{v:.1e}") if "parity_max_abs_diff" in df else "-",
         "same pred": df["parity_identical"].map(lambda v: _fmt(v, 3)) if "parity_identical" in df else "-",
         "RSS MB": df["peak_rss_mb"].where(df["status"] == "ok").map(lambda v: _fmt(v, 0)),
-        "cache": df["feature_cache"], "cpu": df["cpu_model"], "flags": df["cpu_flags"], "host": df["host"],
+        "cache": df["feature_cache"], "sweep": df["sweep"], "cpu": df["cpu_model"], "flags": df["cpu_flags"], "host": df["host"],
     }).fillna("-").astype(str)
     common = {c: table[c].iloc[0] for c in table.columns
               if c in _COMMON_CANDIDATES and table[c].nunique(dropna=False) == 1}
@@ -331,7 +333,7 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
 
 
 _COMMON_CANDIDATES = ("model", "task", "data", "mode", "precision", "batch", "threads", "attn", "cache", "cpu",
-                      "flags", "host", "status", "gate", "parity Δmax", "same pred")
+                      "flags", "host", "status", "gate", "parity Δmax", "same pred", "sweep")
 
 
 def _headline_columns(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:

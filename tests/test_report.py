@@ -205,3 +205,12 @@ def test_parity_figures_reach_the_table_and_markdown(tmp_path: Path) -> None:
     assert pd.isna(row(df, "eager_fp32")["parity_identical"])
     text = report.markdown(df, 0.99, "mode=eager,precision=fp32", [])
     assert "same pred" in text and "0.875" in text and "6.2e-02" in text
+
+
+def test_rows_of_two_sweeps_name_their_sweep(tmp_path: Path) -> None:
+    write(tmp_path / "2026-01-01", "eager_fp32", make_record())
+    write(tmp_path / "2026-01-02", "eager_fp32", make_record(speed=12.0))
+    df = report.build_table([tmp_path / "2026-01-01", tmp_path / "2026-01-02"])
+    assert sorted(df["sweep"]) == ["2026-01-01", "2026-01-02"]
+    text = report.markdown(df, 0.99, "mode=eager,precision=fp32", [])
+    assert "2026-01-01" in text and "2026-01-02" in text
