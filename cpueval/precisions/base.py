@@ -44,6 +44,10 @@ class Precision:
         """Context every forward call runs in."""
         return contextlib.nullcontext()
 
+    def details(self) -> dict:
+        """What convert() did (e.g. which layers it quantized), recorded as actual.precision_details."""
+        return {}
+
     @property
     def compute_dtype(self) -> torch.dtype:
         return torch.float32
