@@ -62,6 +62,12 @@ cleanup_old() {
 
 if [[ -f "$ENV/$MARKER" ]]; then
   log "reusing $ENV"
+  # The env may have been built from another clone: point its editable install at this one (no
+  # dependency changes: --no-deps).
+  # No build isolation: it would fetch a fresh setuptools for every reuse; the env's own (plus wheel) builds it.
+  "$ENV/bin/python" -m pip install -q wheel >&2 || die "installing wheel into $ENV failed"
+  "$ENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$PROJECT_DIR" >&2 \
+    || die "re-pointing the editable install at $PROJECT_DIR failed"
   cleanup_old
   printf '%s\n' "$ENV"
   exit 0
