@@ -1,23 +1,21 @@
 """Structured configs: the schema Hydra validates every composed config against.
 
-Group schemas that differ per plugin (task, mode, precision) are base dataclasses here; each
-plugin module subclasses them in its own file and exposes the subclass as module attribute
-`SCHEMA`. `register_configs()` finds those modules and stores each SCHEMA in Hydra's ConfigStore
-as `<group>/<name>_schema`, which the plugin's yaml in conf/<group>/ extends. Adding a plugin
-never edits this file.
+Group schemas that differ per plug-in (task, mode, precision) are base dataclasses here; each
+plug-in module subclasses them in its own file and exposes the subclass as module attribute
+`SCHEMA`, which cpueval/plugins.py stores in Hydra's ConfigStore as `<group>/<name>_schema` for the
+plug-in's yaml to extend. Adding a plug-in never edits this file.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from cpueval import plugins
 from cpueval.modes.base import ModeConfig
 from cpueval.precisions.base import PrecisionConfig
 from cpueval.tasks.base import TaskConfig
@@ -87,29 +85,9 @@ class Config:
     note: Optional[str] = None
 
 
-def _plugin_schemas(package: str) -> list[Any]:
-    pkg = importlib.import_module(package)
-    schemas = []
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_") or info.name == "base":
-            continue
-        module = importlib.import_module(f"{package}.{info.name}")
-        schema = getattr(module, "SCHEMA", None)
-        if schema is not None:
-            schemas.append(schema)
-    return schemas
-
-
-def _default_name(schema: Any) -> str:
-    return next(f.default for f in fields(schema) if f.name == "name")
-
-
 def register_configs() -> None:
-    """Store the root schema and every plugin schema in Hydra's ConfigStore (idempotent)."""
+    """Store the root schema and every plug-in's schema in Hydra's ConfigStore (idempotent)."""
     if not OmegaConf.has_resolver("cpueval.asset"):
         OmegaConf.register_new_resolver("cpueval.asset", lambda name: str(ASSETS_DIR / name))
-    cs = ConfigStore.instance()
-    cs.store(name="cpueval_schema", node=Config)
-    for group, package in (("task", "cpueval.tasks"), ("mode", "cpueval.modes"), ("precision", "cpueval.precisions")):
-        for schema in _plugin_schemas(package):
-            cs.store(group=group, name=f"{_default_name(schema)}_schema", node=schema)
+    ConfigStore.instance().store(name="cpueval_schema", node=Config)
+    plugins.register_configs()

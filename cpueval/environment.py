@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -33,7 +34,7 @@ ISA_FLAGS = {
 
 @dataclass(frozen=True)
 class Capabilities:
-    """The CPU features that decide which precisions run natively."""
+    """The CPU features this process may use (plug-ins declare which of them make them native)."""
 
     cpu_model: str
     flags: frozenset[str] = field(default_factory=frozenset)
@@ -41,22 +42,6 @@ class Capabilities:
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
-
-    @property
-    def native_bf16(self) -> bool:
-        """bf16 matmuls run in hardware (AVX512-BF16 or AMX-BF16); otherwise torch emulates them."""
-        return self.has("avx512_bf16") or self.has("amx_bf16")
-
-    @property
-    def native_int8(self) -> bool:
-        """int8 dot products in hardware (VNNI or AMX-INT8)."""
-        return self.has("avx512_vnni") or self.has("avx_vnni") or self.has("amx_int8")
-
-    @property
-    def ipex_bf16_ok(self) -> bool:
-        """IPEX 2.8 refuses bf16 without AVX512-BW/VL/DQ or AVX-NE-CONVERT."""
-        avx512 = all(self.has(f) for f in ("avx512bw", "avx512vl", "avx512dq"))
-        return avx512 or self.has("avx_ne_convert")
 
     def summary(self) -> str:
         shown = [name for name in ISA_FLAGS.values() if name in self.flags]
@@ -106,16 +91,6 @@ def package_version(name: str) -> Optional[str]:
         return None
 
 
-def ipex_status() -> dict[str, Any]:
-    """Whether IPEX is installed and matches torch's major.minor (it refuses to load otherwise)."""
-    version = package_version("intel-extension-for-pytorch") or package_version("intel_extension_for_pytorch")
-    torch_mm = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    if version is None:
-        return {"installed": False, "version": None, "matches_torch": False}
-    ipex_mm = ".".join(version.split("+")[0].split(".")[:2])
-    return {"installed": True, "version": version, "matches_torch": ipex_mm == torch_mm}
-
-
 def git_commit(path: Optional[Path] = None) -> Optional[str]:
     """The project's commit (with a '-dirty' suffix if the tree has changes), or None outside git."""
     where = str(path or Path(__file__).resolve().parent)
@@ -154,32 +129,31 @@ def slurm_context() -> Optional[dict[str, Any]]:
     return context
 
 
-def describe_environment() -> dict[str, Any]:
-    """The environment block of results.json."""
+def core_packages() -> list[str]:
+    """cpueval and the packages it always depends on (from its installed metadata, extras left out)."""
+    try:
+        requires = importlib.metadata.requires("cpueval") or []
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        requires = []
+    names = [re.split(r"[ ;<>=!~\[]", req, maxsplit=1)[0] for req in requires if "extra ==" not in req]
+    return ["cpueval", *names]
+
+
+def describe_environment(extra_packages: Iterable[str] = ()) -> dict[str, Any]:
+    """The environment block of results.json: the CPU, and the versions of cpueval's own dependencies
+    plus `extra_packages` (what the job's plug-ins require; None where not installed)."""
     caps = detect_capabilities()
+    packages = dict.fromkeys([*core_packages(), *extra_packages])
     return {
         "cpu_model": caps.cpu_model,
         "isa_flags": sorted(caps.flags),
         "torch_cpu_capability": caps.torch_cpu_capability,
-        "native_bf16": caps.native_bf16,
-        "native_int8": caps.native_int8,
         "machine": platform.machine(),
         "host": platform.node(),
         "logical_cpus": os.cpu_count(),
         "usable_cores": usable_cores(),
         "python": platform.python_version(),
-        "versions": {
-            name: package_version(name)
-            for name in ("torch", "transformers", "datasets", "tokenizers", "hydra-core", "omegaconf",
-                         "numpy", "torchao", "intel-extension-for-pytorch", "cpueval")
-        },
-        "ipex": ipex_status(),
+        "versions": {name: package_version(name) for name in packages},
         "git_commit": git_commit(),
         "slurm": slurm_context(),
     }
-
-
-def capabilities_dict(caps: Capabilities) -> dict[str, Any]:
-    d = asdict(caps)
-    d["flags"] = sorted(caps.flags)
-    return d

@@ -64,7 +64,7 @@ def _resolve_source(config: ModelConfig, task: Task, cache_dir: Optional[str]) -
 
     if is_builtin(config.name_or_path):
         try:
-            path = ensure_builtin_model(config.name_or_path, task.builtin_head, task.builtin_labels(),
+            path = ensure_builtin_model(config.name_or_path, task.auto_model_class.__name__, task.builtin_labels(),
                                         Path(cache_dir) if cache_dir else None)
         except ValueError as err:
             raise UserError(f"model.name_or_path={config.name_or_path}: {err}") from None

@@ -5,23 +5,21 @@ every head this project runs:
   - QA `start_logits`/`end_logits` [B, L]: the predicted start/end position per example;
   - classification `logits` [B, C]: the predicted class per example;
   - token classification `logits` [B, L, C]: the predicted label per token.
-Outputs with a token axis (3-D ones, and `start_logits`/`end_logits`) are compared on real tokens
-only when lengths are given: padding positions never influence the numbers.
+Lengths are given for tasks whose outputs have a token axis (axis 1: QA span logits, NER logits;
+`Task.per_token`): every output is then compared on real tokens only, so padding positions never
+influence the numbers. Without lengths (sequence classification) every value counts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 Batch = Mapping[str, ArrayLike]
-
-# 2-D outputs whose last axis is the token axis (QA span logits); 3-D outputs always have one.
-TOKEN_AXIS_KEYS: frozenset[str] = frozenset({"start_logits", "end_logits"})
 
 
 def _as_numpy(x: ArrayLike) -> np.ndarray:
@@ -80,7 +78,6 @@ def compare_outputs(
     reference: Sequence[Batch],
     candidate: Sequence[Batch],
     lengths: Optional[Sequence[Any]] = None,
-    token_axis_keys: Collection[str] = TOKEN_AXIS_KEYS,
 ) -> dict[str, Any]:
     """Compare per-batch outputs of a candidate run with the reference run's.
 
@@ -88,8 +85,7 @@ def compare_outputs(
         reference, candidate: one mapping per batch, output name -> [B, ...] array or tensor
             (same batches, same order, same keys).
         lengths: real (non-padding) length of every example, flat over all batches in order, or
-            one list per batch. None: compare every position.
-        token_axis_keys: 2-D outputs whose axis 1 is the token axis (default: QA span logits).
+            one list per batch, for outputs with a token axis (axis 1). None: compare every position.
 
     Returns:
         {"outputs": {name: {"max_abs_diff": float, "identical_predictions": float, "predictions": int}},
@@ -113,7 +109,7 @@ def compare_outputs(
         offset += size
         for key in ref_batch:
             ref, cand = _as_numpy(ref_batch[key]), _as_numpy(cand_batch[key])
-            has_token_axis = ref.ndim == 3 or (ref.ndim == 2 and key in token_axis_keys)
+            has_token_axis = batch_lengths is not None and ref.ndim >= 2
             per_key.setdefault(key, []).append(_compare_key(ref, cand, batch_lengths, has_token_axis))
     if all_lengths is not None and offset != len(all_lengths):
         raise ValueError(f"lengths cover {len(all_lengths)} examples but the batches hold {offset}")

@@ -29,31 +29,24 @@ import datasets
 import numpy as np
 import torch
 import transformers
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching
+from cpueval import batching, plugins
 from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.environment import detect_capabilities, describe_environment, usable_cores
 from cpueval.errors import Refused, UserError
 from cpueval.models import load_model
-from cpueval.modes.base import Mode, PreparedModel
+from cpueval.modes.base import Mode, PrepareContext, PreparedModel
 from cpueval.precisions.base import Precision
 from cpueval.records import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
 from cpueval.sweep import earlier_attempts, inject_fault
-from cpueval.tasks.base import MODEL_INPUT_COLUMNS, Task
+from cpueval.tasks.base import Task
 from cpueval.timing import RssSampler, StageTimer, latency_summary, peak_rss_mb, per_second
 
 log = logging.getLogger("cpueval")
 
 FEATURE_CACHE_VERSION = 1
-
-
-def build_plugin(node: DictConfig) -> Any:
-    """Instantiate a task/mode/precision: the class named by its `_target_`, given its typed config."""
-    config = OmegaConf.to_object(node)
-    return get_class(node._target_)(config)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -123,7 +116,7 @@ def _quiet_datasets() -> Iterator[None]:
 
 
 def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime: DictConfig) -> list[batching.Batch]:
-    columns = [c for c in MODEL_INPUT_COLUMNS if c in features.column_names]
+    columns = [c for c in task.input_columns if c in features.column_names]
     data = {c: features[c] for c in columns}
     lengths = [len(ids) for ids in data["input_ids"]]
     bucketing = runtime.length_bucketing and not task.config.pad_to_max_length
@@ -236,17 +229,17 @@ class Run:
         caps = detect_capabilities()
         log.info("CPU: %s", caps.summary())
 
-        task: Task = build_plugin(cfg.task)
-        precision: Precision = build_plugin(cfg.precision)
-        mode: Mode = build_plugin(cfg.mode)
+        task: Task = plugins.build(cfg.task)  # type: ignore[assignment]
+        precision: Precision = plugins.build(cfg.precision)  # type: ignore[assignment]
+        mode: Mode = plugins.build(cfg.mode)  # type: ignore[assignment]
         if rt.batch_size <= 0:
             raise UserError(f"runtime.batch_size={rt.batch_size} must be > 0")
         if rt.pad_to_multiple_of <= 0:
             raise UserError(f"runtime.pad_to_multiple_of={rt.pad_to_multiple_of} must be > 0 (1: no rounding)")
         task.validate_config()
-        precision.check(caps, mode.name)
-        mode.check(caps, precision)
-        self.warnings.extend(precision.warnings)
+        packages = [r.package for p in (task, mode, precision) for r in p.requirements()]
+        self.record["environment"] = describe_environment(packages)  # before a refusal: versions decide resume
+        self.warnings.extend(plugins.check_job(caps, task, mode, precision))
         self.record["threads"] = configure_threads(rt)
         _set_progress_bars(rt.progress)
         torch.manual_seed(rt.seed)
@@ -257,8 +250,7 @@ class Run:
         if loaded.identity["builtin_random_weights"]:
             self.warnings.append(
                 f"the model has RANDOM weights ({cfg.model.name_or_path}): the metrics mean nothing. Evaluate a real "
-                f"model with model.name_or_path=<hub id or local dir> data.path=<file>, e.g. for task=qa: "
-                "model.name_or_path=../shared/models/minilm-squad data.path=../shared/data/squad/dev-v1.1.json")
+                f"model with model.name_or_path=<hub id or local dir> and data.path=<file> (or data.name=<hub dataset>)")
 
         with timer.stage("data_load"):
             examples, source = load_examples(cfg.data)
@@ -280,8 +272,12 @@ class Run:
 
         reference = copy.deepcopy(loaded.model) if rt.parity_batches > 0 else None
         with timer.stage("prepare"):
-            model = precision.convert(loaded.model)
-            prepared = mode.prepare(model, precision, batches[0].inputs)
+            model = loaded.model if mode.implements(precision) else precision.convert(loaded.model)
+            ctx = PrepareContext(example=batches[0].inputs, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
+                                 model_sha256=loaded.identity["weights_sha256"],
+                                 intra_op_threads=self.record["threads"]["intra_op_threads"],
+                                 inter_op_threads=rt.inter_op_threads)
+            prepared = mode.prepare(model, precision, ctx)
         with timer.stage("warmup"):
             for batch in batches[: rt.warmup_batches]:
                 prepared.forward(batch.inputs)
@@ -304,7 +300,7 @@ class Run:
             actual={"mode": prepared.mode, "precision": precision.name,
                     "attn_implementation": loaded.identity["attn_implementation"],
                     **self.record["threads"], "details": prepared.details,
-                    "precision_details": precision.details()},
+                    "precision_details": prepared.precision_details or precision.details()},
             metrics=metrics,
             headline_metrics=list(task.headline_metrics()),
             latency_ms=latency_summary(loop.latencies_s),

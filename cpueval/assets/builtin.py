@@ -35,13 +35,6 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MIN_WORD_FREQUENCY = 2
 MAX_VOCAB_SIZE = 4000
 
-# Head name -> transformers Auto class that loads it.
-HEADS: dict[str, str] = {
-    "question_answering": "AutoModelForQuestionAnswering",
-    "sequence_classification": "AutoModelForSequenceClassification",
-    "token_classification": "AutoModelForTokenClassification",
-}
-HEADS_NEEDING_LABELS = frozenset({"sequence_classification", "token_classification"})
 
 # Builtin name -> BertConfig sizes.
 MODELS: dict[str, dict[str, int]] = {
@@ -100,7 +93,8 @@ def ensure_builtin_model(
     labels: list[str] | None = None,
     cache_dir: Path | None = None,
 ) -> Path:
-    """Return a directory loadable with ``AutoTokenizer`` / ``AutoModelFor<Head>``, building it if needed."""
+    """Return a directory loadable with ``AutoTokenizer`` and the Auto class named `head` (e.g.
+    "AutoModelForQuestionAnswering"), building it if needed. `labels`: the head's labels, None for none."""
     labels = _check_request(name, head, labels)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / "builtin" / f"{name[len(BUILTIN_PREFIX):]}-{head}-{_cache_key(name, head, labels)}"
@@ -126,10 +120,10 @@ def _check_request(name: str, head: str, labels: list[str] | None) -> list[str] 
     """Validate the arguments; return labels as a list (or None for heads that take none)."""
     if name not in MODELS:
         raise ValueError(f"unknown builtin model {name!r}; known builtin models: {', '.join(known_models())}")
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r} for {name}; known heads: {', '.join(HEADS)}")
-    if head not in HEADS_NEEDING_LABELS:
-        return None  # labels mean nothing to a QA head; dropping them keeps one cache entry
+    if not head.startswith("AutoModelFor"):
+        raise ValueError(f"head {head!r} for {name} is not a transformers AutoModelFor* class name")
+    if labels is None:
+        return None  # a head without labels (QA): one cache entry
     if not labels:
         raise ValueError(f"head {head!r} needs labels (a non-empty list of label names) to build {name}")
     labels = list(labels)
@@ -270,7 +264,7 @@ def _build_model(name: str, head: str, labels: list[str] | None, vocab_size: int
         extra["id2label"] = dict(enumerate(labels))
         extra["label2id"] = {label: i for i, label in enumerate(labels)}
     config = transformers.BertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **MODELS[name], **extra)
-    auto_class = getattr(transformers, HEADS[head])
+    auto_class = getattr(transformers, head)
     # fork_rng: seed for reproducible weights without disturbing the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)

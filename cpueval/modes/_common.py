@@ -8,17 +8,17 @@ mode, prepares that one instead and records why. This is the one place fallback 
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-from hydra.utils import get_class
 
+from cpueval import plugins
 from cpueval.environment import detect_capabilities
 from cpueval.errors import Refused, UserError
-from cpueval.modes.base import Inputs, Mode, Outputs, PreparedModel
+from cpueval.modes.base import Inputs, Mode, Outputs, PrepareContext, PreparedModel
 from cpueval.precisions.base import Precision
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class Built:
     stats: Optional[Callable[[ShapeTracker], dict[str, Any]]] = None
     # Called once the warm-up calls are done (e.g. to snapshot compile counters).
     on_ready: Optional[Callable[[], None]] = None
+    # What the mode did for a precision it implements itself (Mode.own_precisions).
+    precision_details: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -90,13 +92,13 @@ class TrackedPreparedModel(PreparedModel):
 
 
 def self_contained_forward(
-    call: Callable[[Inputs], Any], precision: Precision, tracker: ShapeTracker
+    call: Callable[[Inputs], Any], autocast: Callable[[], Any], tracker: ShapeTracker
 ) -> Callable[[Inputs], Outputs]:
-    """The loop's forward: no autograd, the precision's autocast, float32 outputs."""
+    """The loop's forward: no autograd, the precision's autocast (if any), float32 outputs."""
 
     def forward(inputs: Inputs) -> Outputs:
         tracker.record(inputs)
-        with torch.inference_mode(), precision.autocast():
+        with torch.inference_mode(), autocast():
             outputs = call(inputs)
         return to_float32(outputs)
 
@@ -117,14 +119,8 @@ def warmup_inputs(example: Inputs) -> list[Inputs]:
 
 
 def create_mode(name: str, **overrides: Any) -> Mode:
-    """Instantiate the mode `name` (module cpueval.modes.<name>) with its schema defaults."""
-    try:
-        module = importlib.import_module(f"cpueval.modes.{name}")
-        schema = module.SCHEMA
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"unknown mode {name!r} (no module cpueval.modes.{name} with a SCHEMA)") from e
-    config = schema(**overrides)
-    return get_class(config._target_)(config)
+    """The mode `name` with its schema's defaults, `overrides` applied (cpueval.plugins.create)."""
+    return plugins.create("mode", name, **overrides)  # type: ignore[return-value]
 
 
 def _one_line(error: BaseException) -> str:
@@ -138,12 +134,12 @@ class GuardedMode(Mode):
 
     warmup_calls: int = 0
 
-    def build(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> Built:
+    def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
         raise NotImplementedError
 
-    def prepare(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> PreparedModel:
+    def prepare(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> PreparedModel:
         try:
-            return self._prepare_unguarded(model, precision, example)
+            return self._prepare_unguarded(model, precision, ctx)
         except Exception as error:  # any failure: report it, fall back only if asked to
             reason = _one_line(error)
             if not self.config.fallback:
@@ -151,36 +147,39 @@ class GuardedMode(Mode):
                     f"mode={self.name} precision={precision.name} failed while preparing: {reason} "
                     f"(set mode.fallback=eager to run eager instead and record why)"
                 ) from error
-            return self._fall_back(model, precision, example, reason)
+            return self._fall_back(model, precision, ctx, reason)
 
-    def _prepare_unguarded(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> PreparedModel:
-        built = self.build(model, precision, example)
+    def _prepare_unguarded(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> PreparedModel:
+        built = self.build(model, precision, ctx)
         tracker = ShapeTracker()
-        forward = self_contained_forward(built.call, precision, tracker)
-        for inputs in warmup_inputs(example) if self.warmup_calls else ():
+        autocast = contextlib.nullcontext if self.implements(precision) else precision.autocast
+        forward = self_contained_forward(built.call, autocast, tracker)
+        for inputs in warmup_inputs(ctx.example) if self.warmup_calls else ():
             for _ in range(self.warmup_calls):
                 forward(inputs)
         tracker.reset()  # stats describe the timed loop only
         if built.on_ready is not None:
             built.on_ready()
         return TrackedPreparedModel(
-            forward=forward, mode=self.name, details=built.details, tracker=tracker, extra_stats=built.stats
+            forward=forward, mode=self.name, details=built.details, precision_details=built.precision_details,
+            tracker=tracker, extra_stats=built.stats,
         )
 
-    def _fall_back(self, model: torch.nn.Module, precision: Precision, example: Inputs, reason: str) -> PreparedModel:
+    def _fall_back(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext, reason: str) -> PreparedModel:
         target = self.config.fallback
         log.warning("mode=%s failed (%s); falling back to mode=%s as configured", self.name, reason, target)
         fallback = create_mode(target)  # its own fallback stays None: no chains
         try:
-            caps = detect_capabilities()
-            precision.check(caps, fallback.name)
-            fallback.check(caps, precision)
+            if fallback.implements(precision) != self.implements(precision):
+                raise Refused(f"mode={target} would need the model {'un' if self.implements(precision) else ''}"
+                              f"converted by precision={precision.name}")
+            plugins.check_together(detect_capabilities(), fallback, precision)
         except Refused as refused:
             raise ModeFailed(
                 f"mode={self.name} failed ({reason}) and fallback mode={target} is refused: {refused}"
             ) from refused
         try:
-            prepared = fallback.prepare(model, precision, example)
+            prepared = fallback.prepare(model, precision, ctx)
         except ModeFailed as failed:
             raise ModeFailed(f"mode={self.name} failed ({reason}); then fallback {failed}") from failed
         prepared.details = {**prepared.details, "requested_mode": self.name, "fallback_reason": reason}

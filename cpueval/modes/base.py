@@ -1,19 +1,29 @@
 """The execution-mode interface.
 
 A mode turns an eager model (already converted by its precision) into the callable the timed
-forward loop calls. Adding a mode means one module in this package plus one yaml in conf/mode/.
+forward loop calls. Adding a mode means one module (anywhere importable) plus one yaml in a
+config dir's mode/ folder; see cpueval/plugins.py for the declarations every plug-in makes.
+
+A mode that runs on another runtime (ONNX Runtime, OpenVINO) may implement some precisions itself
+(`own_precisions`): the pipeline then hands it the fp32 model untouched (no precision.convert, no
+autocast) and the mode quantizes or casts with its runtime's own tools, reporting what it did in
+`Built.precision_details`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 from omegaconf import MISSING
 
 from cpueval.environment import Capabilities
-from cpueval.precisions.base import Precision
+from cpueval.plugins import Plugin
+
+if TYPE_CHECKING:
+    from cpueval.precisions.base import Precision
 
 Inputs = Mapping[str, torch.Tensor]
 Outputs = Mapping[str, torch.Tensor]
@@ -30,30 +40,47 @@ class ModeConfig:
 
 
 @dataclass
+class PrepareContext:
+    """What a mode may use to prepare, besides the model and the precision."""
+
+    example: Inputs  # a real batch (the first of the loop): trace/export/compile example
+    cache_dir: Optional[Path] = None  # runtime.cache_dir: exported/converted models are cached under it
+    model_sha256: Optional[str] = None  # content identity of the weights, for cache keys
+    intra_op_threads: int = 1
+    inter_op_threads: Optional[int] = None
+    # Batches for static (calibrated) quantization, from precision.calibration; None when none was asked for.
+    calibration: Optional[Sequence[Inputs]] = None
+
+
+@dataclass
 class PreparedModel:
     """What the forward loop calls, plus what actually ran."""
 
     forward: Callable[[Inputs], Outputs]
     mode: str  # the mode that really runs (differs from the request only after a fallback)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. traced shapes, compile options
+    # What the precision actually did, when the mode implemented it (own_precisions); else None.
+    precision_details: Optional[dict[str, Any]] = None
 
     def stats(self) -> dict[str, Any]:
         """Counters gathered while running (distinct shapes, recompiles); override if tracked."""
         return {}
 
 
-class Mode:
+class Mode(Plugin):
     """Base class. Subclasses implement `prepare`; `check` refuses impossible combinations early."""
 
-    def __init__(self, config: ModeConfig):
-        self.config = config
+    group = "mode"
+    # Precisions this mode implements with its own runtime's tools (see the module docstring).
+    own_precisions: ClassVar[tuple[str, ...]] = ()
+    # Report/listing order (lower first); the reference mode is 0.
+    order: ClassVar[int] = 100
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def implements(self, precision: "Precision") -> bool:
+        return precision.name in self.own_precisions
 
-    def check(self, caps: Capabilities, precision: Precision) -> None:
+    def check(self, caps: Capabilities, precision: "Precision") -> None:
         """Raise cpueval.errors.Refused (before the model loads) if this cannot run here."""
 
-    def prepare(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> PreparedModel:
+    def prepare(self, model: torch.nn.Module, precision: "Precision", ctx: PrepareContext) -> PreparedModel:
         raise NotImplementedError

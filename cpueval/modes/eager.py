@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cpueval.modes._common import Built, GuardedMode
-from cpueval.modes.base import Inputs, ModeConfig
+from cpueval.modes.base import ModeConfig, PrepareContext
 from cpueval.precisions.base import Precision
 
 
@@ -21,5 +21,7 @@ SCHEMA = EagerConfig
 
 
 class EagerMode(GuardedMode):
-    def build(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> Built:
+    order = 0  # the reference: first in listings and reports
+
+    def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
         return Built(call=lambda inputs: model(**inputs))

@@ -8,8 +8,8 @@ import torch
 
 from cpueval.environment import Capabilities
 from cpueval.modes._common import Built, GuardedMode
-from cpueval.modes._ipex import IpexOptions, check_ipex, ipex_optimize
-from cpueval.modes.base import Inputs
+from cpueval.modes._ipex import IPEX_INT8_REFUSED, IPEX_REQUIREMENT, IpexOptions, check_ipex, ipex_optimize
+from cpueval.modes.base import PrepareContext
 from cpueval.precisions.base import Precision
 
 
@@ -23,9 +23,13 @@ SCHEMA = IpexConfig
 
 
 class IpexMode(GuardedMode):
+    requires = (IPEX_REQUIREMENT,)
+    refuses = {"int8": IPEX_INT8_REFUSED}
+    order = 30
+
     def check(self, caps: Capabilities, precision: Precision) -> None:
         check_ipex(self.name, caps, precision)
 
-    def build(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> Built:
+    def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
         optimized, details = ipex_optimize(model, precision, self.config, self.name)
         return Built(call=lambda inputs: optimized(**inputs), details=details)

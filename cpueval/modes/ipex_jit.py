@@ -9,9 +9,9 @@ import torch
 
 from cpueval.environment import Capabilities
 from cpueval.modes._common import Built, GuardedMode
-from cpueval.modes._ipex import IpexOptions, check_ipex, ipex_optimize
+from cpueval.modes._ipex import IPEX_INT8_REFUSED, IPEX_REQUIREMENT, IpexOptions, check_ipex, ipex_optimize
 from cpueval.modes._trace import trace_and_freeze
-from cpueval.modes.base import Inputs
+from cpueval.modes.base import PrepareContext
 from cpueval.precisions.base import Precision
 
 
@@ -28,12 +28,15 @@ SCHEMA = IpexJitConfig
 class IpexJitMode(GuardedMode):
     # IPEX's fusions are applied by the profiling executor during the first runs.
     warmup_calls = 2
+    requires = (IPEX_REQUIREMENT,)
+    refuses = {"int8": IPEX_INT8_REFUSED}
+    order = 40
 
     def check(self, caps: Capabilities, precision: Precision) -> None:
         check_ipex(self.name, caps, precision)
 
-    def build(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> Built:
+    def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
         optimized, details = ipex_optimize(model, precision, self.config, self.name)
-        built = trace_and_freeze(optimized, precision, example, self.config.optimize_for_inference)
+        built = trace_and_freeze(optimized, precision, ctx.example, self.config.optimize_for_inference)
         built.details.update(details)
         return built

@@ -8,7 +8,7 @@ import torch
 
 from cpueval.modes._common import Built, GuardedMode
 from cpueval.modes._trace import trace_and_freeze
-from cpueval.modes.base import Inputs, ModeConfig
+from cpueval.modes.base import ModeConfig, PrepareContext
 from cpueval.precisions.base import Precision
 
 
@@ -26,6 +26,7 @@ SCHEMA = JitConfig
 class JitMode(GuardedMode):
     # The profiling executor specializes the graph on its first two runs: keep them out of the loop.
     warmup_calls = 2
+    order = 10
 
-    def build(self, model: torch.nn.Module, precision: Precision, example: Inputs) -> Built:
-        return trace_and_freeze(model, precision, example, self.config.optimize_for_inference)
+    def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
+        return trace_and_freeze(model, precision, ctx.example, self.config.optimize_for_inference)

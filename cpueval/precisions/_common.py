@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Iterable
 
-from hydra.utils import get_class
-
-from cpueval.errors import Refused, UserError
+from cpueval import plugins
+from cpueval.errors import UserError
 from cpueval.precisions.base import Precision
 
 
@@ -19,15 +17,6 @@ def require_choice(field: str, value: str, choices: Iterable[str]) -> str:
     return value
 
 
-def refuse(precision: str, mode: str, why: str) -> Refused:
-    return Refused(f"mode={mode} precision={precision}: {why}")
-
-
 def create_precision(name: str, **fields: Any) -> Precision:
-    """Instantiate the precision `name` (module cpueval.precisions.<name>) from its schema."""
-    try:
-        schema = importlib.import_module(f"cpueval.precisions.{name}").SCHEMA
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"unknown precision {name!r} (no module cpueval.precisions.{name} with a SCHEMA)") from e
-    config = schema(**fields)
-    return get_class(config._target_)(config)
+    """The precision `name` with its schema's defaults, `fields` applied (cpueval.plugins.create)."""
+    return plugins.create("precision", name, **fields)  # type: ignore[return-value]

@@ -1,19 +1,26 @@
 """The precision interface.
 
 A precision converts the loaded fp32 eager model (weights: cast, quantize) and may wrap each
-forward call in a context (autocast). Adding one means one module here plus one yaml in conf/precision/.
+forward call in a context (autocast). Adding one means one module plus one yaml in a config dir's
+precision/ folder; see cpueval/plugins.py for the declarations every plug-in makes. A mode that
+implements a precision itself (`Mode.own_precisions`) gets the fp32 model instead, and this
+class's convert/autocast are not used.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
 
 import torch
 from omegaconf import MISSING
 
 from cpueval.environment import Capabilities
+from cpueval.plugins import Plugin
+
+if TYPE_CHECKING:
+    from cpueval.modes.base import Mode
 
 
 @dataclass
@@ -22,19 +29,13 @@ class PrecisionConfig:
     name: str = MISSING
 
 
-class Precision:
-    def __init__(self, config: PrecisionConfig):
-        self.config = config
-        # Facts the user must see (e.g. "bf16 is emulated on this CPU"), recorded in results.json.
-        self.warnings: list[str] = []
+class Precision(Plugin):
+    group = "precision"
+    order: ClassVar[int] = 100
 
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def check(self, caps: Capabilities, mode_name: str) -> None:
+    def check(self, caps: Capabilities, mode: "Mode") -> None:
         """Raise cpueval.errors.Refused if this precision cannot run with this mode on this CPU;
-        append to self.warnings if it runs but only emulated."""
+        call self.warn() for facts the user must see."""
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         """Return the model with this precision's weights (cast or quantized)."""
@@ -44,7 +45,7 @@ class Precision:
         """Context every forward call runs in."""
         return contextlib.nullcontext()
 
-    def details(self) -> dict:
+    def details(self) -> dict[str, Any]:
         """What convert() did (e.g. which layers it quantized), recorded as actual.precision_details."""
         return {}
 

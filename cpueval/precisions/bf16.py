@@ -8,7 +8,6 @@ from typing import ContextManager
 
 import torch
 
-from cpueval.environment import Capabilities
 from cpueval.precisions._common import require_choice
 from cpueval.precisions.base import Precision, PrecisionConfig
 
@@ -29,13 +28,13 @@ SCHEMA = Bf16Config
 
 
 class Bf16Precision(Precision):
+    native_with = ("avx512_bf16", "amx_bf16")
+    emulated_note = EMULATED
+    order = 10
+
     def __init__(self, config: Bf16Config):
         super().__init__(config)
         require_choice("precision.weights", config.weights, WEIGHTS)
-
-    def check(self, caps: Capabilities, mode_name: str) -> None:
-        if not caps.native_bf16 and EMULATED not in self.warnings:
-            self.warnings.append(EMULATED)
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(torch.bfloat16) if self.config.weights == "cast" else model

@@ -17,4 +17,4 @@ SCHEMA = Fp32Config
 
 
 class Fp32Precision(Precision):
-    pass
+    order = 0  # the reference precision

@@ -17,29 +17,30 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
 from cpueval.environment import Capabilities
-from cpueval.errors import Refused, UserError
-from cpueval.precisions._common import refuse, require_choice
+from cpueval.errors import UserError
+from cpueval.plugins import Plugin, Requirement
+from cpueval.precisions._common import require_choice
 from cpueval.precisions.base import Precision, PrecisionConfig
 
-# backend -> {mode: why it is refused}; modes absent here are allowed.
+# backend -> {mode: why it is refused}; a backend's modes absent here are allowed.
 REFUSED_MODES: dict[str, dict[str, str]] = {
-    "ao_dynamic": {
-        "ipex": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager, jit or compile",
-        "ipex_jit": "IPEX's int8 path needs its own static calibration flow, not built here; use mode=eager, jit or compile",
-    },
+    "ao_dynamic": {},
     "torchao": {
         "eager": "torchao int8 without torch.compile runs its quantize/int8-matmul ops unfused, slower than "
                  "fp32 eager here; use mode=compile (or backend=ao_dynamic for eager)",
         "jit": "torch.jit.trace cannot trace torchao tensor subclasses (internal assert in the tracer); "
                "use mode=compile (or backend=ao_dynamic for jit)",
-        "ipex": "torchao tensor subclasses do not run under IPEX; use mode=compile",
-        "ipex_jit": "torchao tensor subclasses do not run under IPEX; use mode=compile",
     },
 }
+# torchao's tensor subclasses only run under these modes (others: refused with TORCHAO_ONLY).
+TORCHAO_MODES = ("compile",)
+TORCHAO_ONLY = "torchao int8 tensor subclasses run only under mode=compile here"
+TORCHAO = Requirement("torchao", "torchao", "pip install 'cpueval[int8]' (torchao>=0.12)")
 BACKENDS = tuple(REFUSED_MODES)
 WEIGHTS = ("per_channel", "per_tensor")
 NOT_NATIVE = "int8 is not native on this CPU (no VNNI/AMX-INT8): quantized matmuls may be slower than fp32"
@@ -65,6 +66,10 @@ SCHEMA = Int8Config
 
 
 class Int8Precision(Precision):
+    native_with = ("avx512_vnni", "avx_vnni", "amx_int8")
+    emulated_note = NOT_NATIVE
+    order = 20
+
     def __init__(self, config: Int8Config):
         super().__init__(config)
         require_choice("precision.backend", config.backend, BACKENDS)
@@ -74,18 +79,21 @@ class Int8Precision(Precision):
                             "weights per channel (and activations per token)")
         self._details: dict = {}
 
-    def check(self, caps: Capabilities, mode_name: str) -> None:
-        why = REFUSED_MODES[self.config.backend].get(mode_name)
-        if why:
-            raise refuse(f"{self.name} (backend={self.config.backend})", mode_name, why)
-        if self.config.backend == "torchao":
-            _import_torchao()  # refuse now rather than after loading the model
-        self._warn(not caps.native_int8, NOT_NATIVE)
-        self._warn(self.config.backend == "ao_dynamic", AO_DEPRECATED)
+    def requirements(self) -> tuple[Requirement, ...]:
+        return (TORCHAO,) if self.config.backend == "torchao" else ()
 
-    def _warn(self, condition: bool, message: str) -> None:
-        if condition and message not in self.warnings:
-            self.warnings.append(message)
+    def refusal(self, other: Plugin) -> Optional[str]:
+        if other.group != "mode" or other.implements(self):  # a runtime mode quantizes with its own tools
+            return None
+        backend = self.config.backend
+        why = REFUSED_MODES[backend].get(other.name)
+        if why is None and backend == "torchao" and other.name not in TORCHAO_MODES:
+            why = TORCHAO_ONLY
+        return f"backend={backend}: {why}" if why else None
+
+    def check(self, caps: Capabilities, mode: Any) -> None:
+        if self.config.backend == "ao_dynamic" and not mode.implements(self):
+            self.warn(AO_DEPRECATED)
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -116,8 +124,6 @@ class Int8Precision(Precision):
 
 
 def _import_torchao():
-    try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError as e:
-        raise Refused(f"precision=int8 backend=torchao needs torchao>=0.12 (pip install 'cpueval[int8]'): {e}") from e
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
     return quantize_, Int8DynamicActivationInt8WeightConfig

@@ -3,7 +3,7 @@
 A task knows its columns, how to turn examples into model inputs (features), how to turn the
 model's per-feature outputs back into per-example predictions, and how to score them. Everything
 else (loading, batching, modes, precisions, timing, records) is the pipeline's, shared by all tasks.
-Adding a task means one module in this package plus one yaml in conf/task/.
+Adding a task means one module plus one yaml in a config dir's task/ folder (cpueval/plugins.py).
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from omegaconf import MISSING
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
+from cpueval.plugins import Plugin
 
 # Per-feature model outputs, unpadded: output name -> array whose first axis is the feature's tokens
 # (QA start/end logits, token-classification logits) or a vector (sequence-classification logits).
 FeatureOutputs = Mapping[str, np.ndarray]
-
-# The columns every feature carries so the pipeline can batch it.
-MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -44,30 +42,25 @@ class Predictions:
     extra: dict[str, Any]  # task-specific (n-best lists, null-score diffs, scores)
 
 
-class Task:
+class Task(Plugin):
     """Base class for tasks. Subclasses set the class attributes and implement the hooks."""
 
-    # transformers Auto class for this task's head, e.g. AutoModelForQuestionAnswering
+    group = "task"
+    # transformers Auto class for this task's head, e.g. AutoModelForQuestionAnswering (the builtin
+    # random model is built with it too)
     auto_model_class: ClassVar[type]
-    # head name the builtin model builder understands
-    builtin_head: ClassVar[str]
     # canonical columns the loaded data must have (after data.columns renaming)
     required_columns: ClassVar[tuple[str, ...]]
+    # model inputs the features carry (those present are batched and fed to the model)
+    input_columns: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
     # output names the forward pass must return, e.g. ("start_logits", "end_logits")
     output_names: ClassVar[tuple[str, ...]]
-    # outputs have one row per token (QA, NER) rather than one vector per sequence
+    # outputs have a token axis (axis 1: QA span logits, NER logits) rather than one vector per sequence
     per_token: ClassVar[bool] = True
     # bump when pre-processing changes, so cached features are not reused across versions
     version: ClassVar[int] = 1
     # a checkpoint saved for another head (config.architectures) is refused rather than given a random head
     architecture_suffix: ClassVar[str]
-
-    def __init__(self, config: TaskConfig):
-        self.config = config
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
     def validate_config(self) -> None:
         """Raise UserError for settings that cannot work, before anything is loaded."""
@@ -91,7 +84,7 @@ class Task:
         return examples
 
     def tokenize(self, examples: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
-        """Examples -> features holding MODEL_INPUT_COLUMNS plus whatever post-processing needs."""
+        """Examples -> features holding input_columns plus whatever post-processing needs."""
         raise NotImplementedError
 
     def tokenization_key(self) -> dict[str, Any]:

@@ -42,7 +42,6 @@ SCHEMA = QATaskConfig
 
 class QuestionAnswering(Task):
     auto_model_class = AutoModelForQuestionAnswering
-    builtin_head = "question_answering"
     required_columns = ("id", "question", "context", "answers")
     output_names = ("start_logits", "end_logits")
     architecture_suffix = "ForQuestionAnswering"

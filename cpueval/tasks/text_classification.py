@@ -47,7 +47,6 @@ SCHEMA = TextClassificationConfig
 
 class TextClassification(Task):
     auto_model_class = AutoModelForSequenceClassification
-    builtin_head = "sequence_classification"
     required_columns = ("text",)
     output_names = ("logits",)
     architecture_suffix = "ForSequenceClassification"

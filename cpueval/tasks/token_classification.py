@@ -65,7 +65,6 @@ SCHEMA = TokenClassificationConfig
 
 class TokenClassification(Task):
     auto_model_class = AutoModelForTokenClassification
-    builtin_head = "token_classification"
     required_columns = ("tokens", "tags")
     output_names = ("logits",)
     architecture_suffix = "ForTokenClassification"

@@ -13,8 +13,9 @@ from typing import Callable
 import pytest
 import torch
 
+from cpueval import plugins
 from cpueval.environment import Capabilities, detect_capabilities
-from cpueval.modes.base import Mode, PreparedModel
+from cpueval.modes.base import Mode, PrepareContext, PreparedModel
 from cpueval.precisions import create_precision
 from cpueval.precisions.base import Precision
 
@@ -68,10 +69,10 @@ def precision(name: str, **fields) -> Precision:
 def run_mode(
     mode: Mode, prec: Precision, kind: str, example: dict, batches: list[dict], caps: Capabilities
 ) -> tuple[PreparedModel, list[dict[str, torch.Tensor]]]:
-    """What the pipeline does: check, load fp32, convert, prepare, loop."""
-    prec.check(caps, mode.name)
-    mode.check(caps, prec)
-    prepared = mode.prepare(prec.convert(build(kind)), prec, example)
+    """What the pipeline does: check, load fp32, convert (unless the mode implements the precision), prepare, loop."""
+    plugins.check_together(caps, mode, prec)
+    model = build(kind) if mode.implements(prec) else prec.convert(build(kind))
+    prepared = mode.prepare(model, prec, PrepareContext(example))
     return prepared, [prepared.forward(b) for b in batches]
 
 

@@ -9,11 +9,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from cpueval import plugins
 from cpueval.config import register_configs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-MODES = sorted(p.stem for p in (CONF / "mode").glob("*.yaml"))
-PRECISIONS = sorted(p.stem for p in (CONF / "precision").glob("*.yaml"))
+MODES = plugins.names("mode")
+PRECISIONS = plugins.names("precision")
 
 
 def compose_group(overrides: list[str]):
@@ -22,9 +23,14 @@ def compose_group(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def test_every_plugin_has_a_yaml():
-    assert set(MODES) == {"eager", "jit", "ipex", "ipex_jit", "compile"}
-    assert set(PRECISIONS) == {"fp32", "bf16", "int8"}
+@pytest.mark.parametrize("group", plugins.GROUPS)
+def test_every_plugin_yaml_names_its_class_and_schema(group):
+    for name in plugins.names(group):
+        found = plugins.info(group, name)
+        schema = found.load_schema()
+        assert plugins.schema_default(schema, "_target_") == found.target, found.yaml_path
+        assert plugins.schema_default(schema, "name") == name, found.yaml_path
+        assert found.load_class().group == group
 
 
 @pytest.mark.parametrize("name", MODES)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpueval.environment import ipex_status
+from cpueval.modes._ipex import ipex_status
 from cpueval.modes._common import create_mode
 from cpueval.parity import compare_outputs
 
