@@ -1,5 +1,5 @@
-"""Command-line entry: `cpueval [group=option ...] [key=value ...] [--multirun]` (a Hydra app)
-and `cpueval report DIR...` (aggregate results of runs and sweeps)."""
+"""Command-line entry: `cpueval [group=option ...] [key=value ...] [--multirun]` (a Hydra app),
+`cpueval report DIR...` (aggregate results of runs and sweeps) and `cpueval plugins` (what can run here)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cpueval import sweep
+from cpueval import identity, plugins, resume, signals, sweep_callback
 from cpueval.config import register_configs
 from cpueval.errors import UserError
 from cpueval.launcher_errors import launcher_errors_in_one_line
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = plugins.CONF_DIR
 log = logging.getLogger("cpueval")
 
 
@@ -27,7 +27,8 @@ def run_job(cfg: DictConfig) -> str:
     A job whose directory already holds an ok record for the same job config, or a refusal by
     this same installation, is skipped (before anything heavy is imported) unless
     runtime.force=true. In a multirun a failing job records why and returns, so the other jobs
-    still run; the launch's exit code reports it afterwards (cpueval.sweep.SweepCallback). A single run exits non-zero with a one-line error.
+    still run; the launch's exit code reports it afterwards (cpueval.sweep_callback). A single run
+    exits non-zero with a one-line error.
 
     Ctrl-C, SIGTERM (Slurm requeue/preemption/scancel) and SIGUSR2 (submitit: time limit near or
     preempted) record the run as `interrupted` and exit (128 + signal) without returning a result;
@@ -36,29 +37,29 @@ def run_job(cfg: DictConfig) -> str:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        with sweep.interrupt_on_signals():
+        with signals.interrupt_on_signals():
             return _run_job(cfg, run_dir, multirun)
-    except KeyboardInterrupt as err:  # Ctrl-C, or sweep.Interrupted from SIGTERM/SIGUSR2
+    except KeyboardInterrupt as err:  # Ctrl-C, or signals.Interrupted from SIGTERM/SIGUSR2
         log.error("interrupted: %s (%s)", run_dir, str(err) or "Ctrl-C")
-        sweep.exit_interrupted(err)
+        signals.exit_interrupted(err)
         raise  # not reached: exit_interrupted exits
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
-    done = None if cfg.runtime.force else sweep.done_record(cfg, run_dir)
-    if done is not None and done["status"] == "ok":
+    done = None if cfg.runtime.force else resume.done_record(cfg, run_dir)
+    if done is not None and done.status == "ok":
         log.info("skipped (done): %s (runtime.force=true re-runs it)", run_dir)
         return "skipped"
     if done is not None:
         log.warning("skipped (refused before, same host and packages): %s: %s (runtime.force=true re-runs it)",
-                    run_dir, (done.get("error") or {}).get("message", ""))
+                    run_dir, done.error.message if done.error else "")
         if multirun:
             return "refused"
         sys.exit(3)  # as when it was refused (cpueval.errors.Refused.exit_code)
     try:
-        with sweep.job_lock(run_dir):
+        with resume.job_lock(run_dir):
             return _evaluate(cfg, run_dir, multirun)
-    except sweep.Busy:
+    except resume.Busy:
         log.warning("skipped (running in another process): %s", run_dir)
         if multirun:
             return "busy"
@@ -81,27 +82,33 @@ def _evaluate(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
             raise
         # Hydra would re-raise this after the batch and skip the report: record it and go on.
         log.exception("job failed: %s: %s", type(err).__name__, err)
-        sweep.write_failure(cfg, run_dir, err)
+        resume.write_failure(cfg, run_dir, err)
         return "failed"
     print(render_summary(record), flush=True)
-    return record["status"]
+    return record.status
 
 
 hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(run_job)
 
+SUBCOMMANDS = {
+    "report": "cpueval.report",
+    "plugins": "cpueval.plugin_table",
+}
+
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "report":
-        from cpueval.report import main as report_main
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        import importlib
 
-        sys.exit(report_main(sys.argv[2:]))
+        sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+    plugins.add_search_dirs(plugins.search_dirs_from_argv(sys.argv[1:]))
     register_configs()
-    sweep.register_resolvers()
+    identity.register_resolvers()
     with launcher_errors_in_one_line():
         hydra_main()
     # Non-zero when a job of this multirun launch failed or was refused (0 for single runs, which
     # exit from run_job on error).
-    sys.exit(sweep.launch_exit_code())
+    sys.exit(sweep_callback.launch_exit_code())
 
 
 if __name__ == "__main__":

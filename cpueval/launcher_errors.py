@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Any, Iterator, Optional
 
-from cpueval import sweep
+from cpueval import sweep_callback
 
 
 @contextlib.contextmanager
@@ -84,7 +84,7 @@ def launcher_error(err: BaseException) -> Optional[tuple[str, int]]:
 
 
 def _launcher_settings(keys: tuple[str, ...]) -> str:
-    config = sweep.launch_config()
+    config = sweep_callback.launch_config()
     launcher = config.hydra.launcher if config is not None else {}
     return ", ".join(f"hydra.launcher.{key}={_yaml_value(launcher.get(key))}" if key in launcher
                      else f"hydra.launcher.{key}" for key in keys)

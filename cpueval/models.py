@@ -99,7 +99,7 @@ def load_model(config: ModelConfig, task: Task, cache_dir: Optional[str]) -> Loa
         "resolved_path": str(model_dir) if model_dir else None,
         "revision": config.revision,
         "builtin_random_weights": builtin,
-        "class": type(model).__name__,
+        "model_class": type(model).__name__,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "config_sha256": _files_hash([model_dir / "config.json"]) if model_dir and (model_dir / "config.json").exists() else None,

@@ -5,15 +5,15 @@ examples -> features (tokenized once, cached by content) -> batches (length-buck
 padding) -> precision + mode preparation -> warm-up -> timed forward loop -> (parity with eager
 fp32) -> post-processing -> metrics -> files.
 
-Every stage is timed. results.json is written when the run starts (status "running") and
-rewritten atomically when it ends (ok / failed / refused / interrupted).
+`Run.execute` is that list of named stages; each is timed. results.json (a `records.RunRecord`) is
+written when the run starts (status "running") and rewritten atomically when it ends (ok / failed /
+refused / interrupted).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -32,16 +32,18 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching, plugins
+from cpueval import batching, plugins, records
 from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.environment import detect_capabilities, describe_environment, usable_cores
 from cpueval.errors import Refused, UserError
-from cpueval.models import load_model
+from cpueval.identity import job_hash
+from cpueval.models import LoadedModel, load_model
 from cpueval.modes.base import Mode, PrepareContext, PreparedModel
 from cpueval.precisions.base import Precision
-from cpueval.records import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
-from cpueval.sweep import earlier_attempts, inject_fault
-from cpueval.tasks.base import Task
+from cpueval.records import (Actual, DataInfo, ErrorInfo, Latency, Memory, ModelInfo, OutputParity, Parity, Requested, RunRecord,
+                             Threads, Throughput, Timing, write_json_atomic)
+from cpueval.resume import earlier_attempts, now
+from cpueval.tasks.base import Predictions, Task
 from cpueval.timing import RssSampler, StageTimer, latency_summary, peak_rss_mb, per_second
 
 log = logging.getLogger("cpueval")
@@ -49,15 +51,8 @@ log = logging.getLogger("cpueval")
 FEATURE_CACHE_VERSION = 1
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Short hash of the resolved job config (runtime.force excluded: it does not change results)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.get("runtime", {}).pop("force", None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 # -- stages -------------------------------------------------------------------------------------
-def configure_threads(runtime: DictConfig) -> dict[str, Any]:
+def configure_threads(runtime: DictConfig) -> Threads:
     """Set torch's thread pools: explicit setting, else the cores Slurm granted, else the affinity mask."""
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if runtime.intra_op_threads is not None:
@@ -74,8 +69,8 @@ def configure_threads(runtime: DictConfig) -> dict[str, Any]:
             torch.set_num_interop_threads(int(runtime.inter_op_threads))
         except RuntimeError:  # can only be set once per process, before inter-op work starts
             log.warning("inter-op threads already fixed at %d in this process", torch.get_num_interop_threads())
-    return {"intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),
-            "intra_op_source": source, "usable_cores": usable_cores()}
+    return Threads(intra_op_threads=torch.get_num_threads(), inter_op_threads=torch.get_num_interop_threads(),
+                   intra_op_source=source, usable_cores=usable_cores())
 
 
 def tokenize_cached(task: Task, examples: datasets.Dataset, examples_fingerprint: str, tokenizer: Any,
@@ -162,7 +157,7 @@ def forward_loop(prepared: PreparedModel, batches: Sequence[batching.Batch], tas
 
 
 def parity_check(reference_model: torch.nn.Module, prepared: PreparedModel, batches: Sequence[batching.Batch],
-                 task: Task, count: int, seed: int) -> dict[str, Any]:
+                 task: Task, count: int, seed: int) -> Parity:
     """Compare this run's outputs with eager fp32 on a fixed sample of batches."""
     from cpueval.parity import compare_outputs
 
@@ -175,165 +170,199 @@ def parity_check(reference_model: torch.nn.Module, prepared: PreparedModel, batc
             candidate.append(_to_numpy(prepared.forward(batches[i].inputs), task.output_names))
             lengths.append(batches[i].lengths.tolist())
     result = compare_outputs(reference, candidate, lengths if task.per_token else None)
-    result["batches_compared"] = chosen
-    return result
+    outputs = {name: OutputParity(**values) for name, values in result.pop("outputs").items()}
+    return Parity(**result, outputs=outputs, batches_compared=chosen)
 
 
 # -- the run --------------------------------------------------------------------------------------
 class Run:
-    """One job: holds the record that ends up in results.json."""
+    """One job. `execute` runs the stages in order; each stage leaves its results on `self` and in
+    `self.record`, the RunRecord that ends up in results.json."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg = cfg
+        self.cfg, self.rt = cfg, cfg.runtime
         self.run_dir = Path(run_dir)
         self.timer = StageTimer()
-        self.warnings: list[str] = []
-        self.record: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "status": "running",
-            "error": None,
-            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "finished_at": None,
-            "config_hash": config_hash(cfg),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "requested": {"mode": cfg.mode.name, "precision": cfg.precision.name},
-            "environment": describe_environment(),
-            "run_dir": str(self.run_dir),
-            "earlier_attempts": earlier_attempts(self.run_dir),  # interrupted/failed runs this one replaces
-        }
+        self.record = RunRecord(
+            status="running", started_at=now(), config_hash=job_hash(cfg),
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+            requested=Requested(mode=cfg.mode.name, precision=cfg.precision.name), run_dir=str(self.run_dir),
+            environment=records.parse(records.Environment, describe_environment()),  # the plug-ins' packages join later
+            earlier_attempts=earlier_attempts(self.run_dir),  # interrupted/failed runs this one replaces
+        )
 
-    def save(self) -> Path:
-        return write_json_atomic(self.run_dir / RESULTS_FILE, self.record)
+    def execute(self) -> RunRecord:
+        self.begin()            # "running" record on disk, memory sampling on
+        self.check_plugins()    # config -> task, mode, precision; refusals before anything loads
+        self.load_model()       # model + tokenizer
+        self.load_data()        # examples, checked against the task's columns
+        self.tokenize()         # features, cached by content
+        self.make_batches()     # length-bucketed, dynamically padded
+        self.prepare()          # precision conversion + mode preparation (trace/compile/export + warm-up calls)
+        self.warm_up()          # runtime.warmup_batches untimed calls
+        self.timed_loop()       # one timed forward call per batch
+        self.compare_parity()   # with eager fp32, if runtime.parity_batches > 0
+        self.postprocess()      # per-feature outputs -> per-example predictions
+        self.score()            # metrics
+        self.write_outputs()    # predictions files, results.json (ok), eval_results.json
+        return self.record
 
-    def fail(self, status: str, error: BaseException) -> None:
-        self.record.update(status=status, error={"type": type(error).__name__, "message": str(error)})
-        self._finish()
-
-    def _finish(self, counts: Optional[tuple[int, int, int, float]] = None) -> None:
-        """Close the record (timing, memory, and throughput from `counts` = examples, features,
-        real tokens, loop seconds) and write it in one atomic step."""
-        self.record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        self.record["timing"] = {**self.timer.seconds, "total": time.perf_counter() - self._t0}
-        if counts is not None:
-            self.record["throughput"] = throughput(self.record["timing"]["total"], *counts)
-        self.record["memory"] = {"peak_rss_mb": self._rss.stop(), "process_peak_rss_mb": peak_rss_mb()}
-        self.record["warnings"] = self.warnings
-        self.save()
-
-    def execute(self) -> dict[str, Any]:
+    # -- stages -----------------------------------------------------------------------------------
+    def begin(self) -> None:
         self._t0 = time.perf_counter()
         self._rss = RssSampler().start()
-        self.save()
-        inject_fault(self.cfg)  # tests only: CPUEVAL_INJECT_FAULT (cpueval/sweep.py); no-op when unset
-        cfg, rt, timer = self.cfg, self.cfg.runtime, self.timer
-        caps = detect_capabilities()
-        log.info("CPU: %s", caps.summary())
+        records.save(self.record)
 
-        task: Task = plugins.build(cfg.task)  # type: ignore[assignment]
-        precision: Precision = plugins.build(cfg.precision)  # type: ignore[assignment]
-        mode: Mode = plugins.build(cfg.mode)  # type: ignore[assignment]
+    def check_plugins(self) -> None:
+        rt = self.rt
+        self.caps = detect_capabilities()
+        log.info("CPU: %s", self.caps.summary())
+        self.task: Task = plugins.build(self.cfg.task)  # type: ignore[assignment]
+        self.precision: Precision = plugins.build(self.cfg.precision)  # type: ignore[assignment]
+        self.mode: Mode = plugins.build(self.cfg.mode)  # type: ignore[assignment]
         if rt.batch_size <= 0:
             raise UserError(f"runtime.batch_size={rt.batch_size} must be > 0")
         if rt.pad_to_multiple_of <= 0:
             raise UserError(f"runtime.pad_to_multiple_of={rt.pad_to_multiple_of} must be > 0 (1: no rounding)")
-        task.validate_config()
-        packages = [r.package for p in (task, mode, precision) for r in p.requirements()]
-        self.record["environment"] = describe_environment(packages)  # before a refusal: versions decide resume
-        self.warnings.extend(plugins.check_job(caps, task, mode, precision))
-        self.record["threads"] = configure_threads(rt)
+        self.task.validate_config()
+        job = (self.task, self.mode, self.precision)
+        self.record.environment = environment_record([r.package for p in job for r in p.requirements()], self.caps)
+        self.record.warnings.extend(plugins.check_job(self.caps, *job))
+        self.record.threads = configure_threads(rt)
         _set_progress_bars(rt.progress)
         torch.manual_seed(rt.seed)
 
-        with timer.stage("model_load"):
-            loaded = load_model(cfg.model, task, rt.cache_dir)
-        self.record["model"] = loaded.identity
-        if loaded.identity["builtin_random_weights"]:
-            self.warnings.append(
-                f"the model has RANDOM weights ({cfg.model.name_or_path}): the metrics mean nothing. Evaluate a real "
-                f"model with model.name_or_path=<hub id or local dir> and data.path=<file> (or data.name=<hub dataset>)")
+    def load_model(self) -> None:
+        with self.timer.stage("model_load"):
+            self.loaded: LoadedModel = load_model(self.cfg.model, self.task, self.rt.cache_dir)
+        self.record.model = ModelInfo(**self.loaded.identity)
+        if self.record.model.builtin_random_weights:
+            self.record.warnings.append(
+                f"the model has RANDOM weights ({self.cfg.model.name_or_path}): the metrics mean nothing. Evaluate a "
+                "real model with model.name_or_path=<hub id or local dir> and data.path=<file> (or data.name=<hub dataset>)")
 
-        with timer.stage("data_load"):
-            examples, source = load_examples(cfg.data)
-            require_columns(examples, task.required_columns, source)
-            examples = task.prepare_examples(examples, source)
-            examples_fp = fingerprint(examples)
-        self.record["data"] = {"source": source, "split": cfg.data.split, "num_examples": len(examples),
-                               "fingerprint": examples_fp}
+    def load_data(self) -> None:
+        with self.timer.stage("data_load"):
+            examples, source = load_examples(self.cfg.data)
+            require_columns(examples, self.task.required_columns, source)
+            self.examples = self.task.prepare_examples(examples, source)
+            self.examples_fp = fingerprint(self.examples)
+        self.record.data = DataInfo(source=source, split=self.cfg.data.split, num_examples=len(self.examples),
+                                    fingerprint=self.examples_fp)
 
-        with timer.stage("tokenize"):
-            features, cache = tokenize_cached(task, examples, examples_fp, loaded.tokenizer,
-                                              loaded.identity["tokenizer_sha256"], rt.cache_dir)
-        with timer.stage("batching"):
-            batches = make_batches(features, loaded.tokenizer, task, rt)
-        real_tokens = int(sum(np.count_nonzero(b.inputs["attention_mask"].numpy()) for b in batches))
-        self.record["data"].update(num_features=len(features), feature_cache=cache, num_batches=len(batches),
-                                   real_tokens=real_tokens, padding_share=batching.padding_share(batches))
-        self.record["task_stats"] = task.task_stats(examples, features)
+    def tokenize(self) -> None:
+        with self.timer.stage("tokenize"):
+            self.features, cache = tokenize_cached(self.task, self.examples, self.examples_fp, self.loaded.tokenizer,
+                                                   self.loaded.identity["tokenizer_sha256"], self.rt.cache_dir)
+        self.record.data.num_features, self.record.data.feature_cache = len(self.features), cache
+        self.record.task_stats = self.task.task_stats(self.examples, self.features)
 
-        reference = copy.deepcopy(loaded.model) if rt.parity_batches > 0 else None
-        with timer.stage("prepare"):
-            model = loaded.model if mode.implements(precision) else precision.convert(loaded.model)
-            ctx = PrepareContext(example=batches[0].inputs, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
-                                 model_sha256=loaded.identity["weights_sha256"],
-                                 intra_op_threads=self.record["threads"]["intra_op_threads"],
-                                 inter_op_threads=rt.inter_op_threads)
-            prepared = mode.prepare(model, precision, ctx)
-        with timer.stage("warmup"):
-            for batch in batches[: rt.warmup_batches]:
-                prepared.forward(batch.inputs)
+    def make_batches(self) -> None:
+        with self.timer.stage("batching"):
+            self.batches = make_batches(self.features, self.loaded.tokenizer, self.task, self.rt)
+        self.real_tokens = int(sum(np.count_nonzero(b.inputs["attention_mask"].numpy()) for b in self.batches))
+        data = self.record.data
+        data.num_batches, data.real_tokens = len(self.batches), self.real_tokens
+        data.padding_share = batching.padding_share(self.batches)
 
-        loop = forward_loop(prepared, batches, task, len(features), rt.progress)
-        timer.seconds["forward_loop"] = loop.seconds
-        if reference is not None:
-            with timer.stage("parity"):
-                self.record["parity"] = parity_check(reference, prepared, batches, task, rt.parity_batches, rt.seed)
-            del reference
+    def prepare(self) -> None:
+        rt, mode, precision = self.rt, self.mode, self.precision
+        self.reference = copy.deepcopy(self.loaded.model) if rt.parity_batches > 0 else None
+        ctx = PrepareContext(example=self.batches[0].inputs, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
+                             model_sha256=self.loaded.identity["weights_sha256"],
+                             intra_op_threads=self.record.threads.intra_op_threads, inter_op_threads=rt.inter_op_threads)
+        with self.timer.stage("prepare"):
+            model = self.loaded.model if mode.implements(precision) else precision.convert(self.loaded.model)
+            self.prepared: PreparedModel = mode.prepare(model, precision, ctx)
 
-        with timer.stage("postprocess"):
-            predictions = task.postprocess(examples, features, loop.per_feature)
-        with timer.stage("metrics"):
-            metrics = task.compute_metrics(examples, predictions)
-        files = task.write_predictions(examples, predictions, self.run_dir)
+    def warm_up(self) -> None:
+        with self.timer.stage("warmup"):
+            for batch in self.batches[: self.rt.warmup_batches]:
+                self.prepared.forward(batch.inputs)
 
-        self.record.update(
-            status="ok",
-            actual={"mode": prepared.mode, "precision": precision.name,
-                    "attn_implementation": loaded.identity["attn_implementation"],
-                    **self.record["threads"], "details": prepared.details,
-                    "precision_details": prepared.precision_details or precision.details()},
-            metrics=metrics,
-            headline_metrics=list(task.headline_metrics()),
-            latency_ms=latency_summary(loop.latencies_s),
-            batch_latencies_ms=[round(s * 1000.0, 3) for s in loop.latencies_s],  # timed loop, batch order
-            shapes={"distinct": len(loop.shapes), **prepared.stats()},
-            files=[p.name for p in files],
-        )
-        self._finish((len(examples), len(features), real_tokens, loop.seconds))
-        write_json_atomic(self.run_dir / "eval_results.json", hf_eval_results(task, self.record, len(features)))
-        return self.record
+    def timed_loop(self) -> None:
+        self.loop = forward_loop(self.prepared, self.batches, self.task, len(self.features), self.rt.progress)
+        self.timer.seconds["forward_loop"] = self.loop.seconds
+
+    def compare_parity(self) -> None:
+        if self.reference is None:
+            return
+        with self.timer.stage("parity"):
+            self.record.parity = parity_check(self.reference, self.prepared, self.batches, self.task,
+                                              self.rt.parity_batches, self.rt.seed)
+        self.reference = None
+
+    def postprocess(self) -> None:
+        with self.timer.stage("postprocess"):
+            self.predictions: Predictions = self.task.postprocess(self.examples, self.features, self.loop.per_feature)
+
+    def score(self) -> None:
+        with self.timer.stage("metrics"):
+            self.record.metrics = self.task.compute_metrics(self.examples, self.predictions)
+        self.record.headline_metrics = list(self.task.headline_metrics())
+
+    def write_outputs(self) -> None:
+        files = self.task.write_predictions(self.examples, self.predictions, self.run_dir)
+        record, loop = self.record, self.loop
+        record.actual = Actual(mode=self.prepared.mode, precision=self.precision.name,
+                               attn_implementation=self.loaded.identity["attn_implementation"],
+                               details=self.prepared.details,
+                               precision_details=self.prepared.precision_details or self.precision.details())
+        record.latency_ms = Latency(**latency_summary(loop.latencies_s))
+        record.batch_latencies_ms = [round(s * 1000.0, 3) for s in loop.latencies_s]
+        record.shapes = {"distinct": len(loop.shapes), **self.prepared.stats()}
+        record.files = [p.name for p in files]
+        record.status = "ok"
+        self.finish((len(self.examples), len(self.features), self.real_tokens, loop.seconds))
+        write_json_atomic(self.run_dir / "eval_results.json", hf_eval_results(self.task, record))
+
+    # -- ending -------------------------------------------------------------------------------------
+    def fail(self, status: str, error: BaseException) -> None:
+        self.record.status = status  # type: ignore[assignment]
+        self.record.error = ErrorInfo(type=type(error).__name__, message=str(error))
+        self.finish()
+
+    def finish(self, counts: Optional[tuple[int, int, int, float]] = None) -> None:
+        """Close the record (timing, memory, and throughput from `counts` = examples, features,
+        real tokens, loop seconds) and write it in one atomic step."""
+        self.record.finished_at = now()
+        self.record.timing = Timing(**self.timer.seconds, total=time.perf_counter() - self._t0)
+        if counts is not None:
+            self.record.throughput = throughput(self.record.timing.total, *counts)
+        self.record.memory = Memory(peak_rss_mb=self._rss.stop(), process_peak_rss_mb=peak_rss_mb())
+        records.save(self.record)
 
 
-def throughput(total: float, examples: int, features: int, tokens: int, loop_s: float) -> dict[str, Any]:
-    return {
-        "forward_examples_per_s": per_second(examples, loop_s),
-        "forward_features_per_s": per_second(features, loop_s),
-        "forward_tokens_per_s": per_second(tokens, loop_s),
-        "e2e_examples_per_s": per_second(examples, total),
-        "e2e_features_per_s": per_second(features, total),
-    }
+def environment_record(packages: Sequence[str], caps: Any) -> records.Environment:
+    """The environment block: machine, versions (cpueval's and the job's plug-ins' packages), and which
+    precisions run natively here (from the precisions' own declarations)."""
+    env = describe_environment(packages)
+    env["native_precisions"] = {name: plugins.info("precision", name).load_class().is_native(caps)
+                                for name in plugins.names("precision")}
+    return records.parse(records.Environment, env)
 
 
-def hf_eval_results(task: Task, record: dict[str, Any], num_features: int) -> dict[str, Any]:
+def throughput(total: float, examples: int, features: int, tokens: int, loop_s: float) -> Throughput:
+    return Throughput(
+        forward_examples_per_s=per_second(examples, loop_s),
+        forward_features_per_s=per_second(features, loop_s),
+        forward_tokens_per_s=per_second(tokens, loop_s),
+        e2e_examples_per_s=per_second(examples, total),
+        e2e_features_per_s=per_second(features, total),
+    )
+
+
+def hf_eval_results(task: Task, record: RunRecord) -> dict[str, Any]:
     """eval_results.json as transformers' run_qa.py wrote it: eval_samples counts features (windows)
     and eval_runtime covers prediction + post-processing + metrics, as Trainer.evaluate timed it."""
-    timing = record["timing"]
-    runtime = timing["forward_loop"] + timing["postprocess"] + timing["metrics"]
-    return {**task.hf_eval_results(record["metrics"]), "eval_samples": num_features,
-            "eval_runtime": round(runtime, 4), "eval_samples_per_second": round(num_features / runtime, 3),
-            "eval_examples": record["data"]["num_examples"]}
+    timing, data = record.timing, record.data
+    runtime = timing.forward_loop + timing.postprocess + timing.metrics
+    return {**task.hf_eval_results(record.metrics), "eval_samples": data.num_features,
+            "eval_runtime": round(runtime, 4), "eval_samples_per_second": round(data.num_features / runtime, 3),
+            "eval_examples": data.num_examples}
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def execute(cfg: DictConfig, run_dir: Path) -> RunRecord:
     """Run one job and always leave a complete results.json, whatever happens."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -344,12 +373,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except Refused as err:
         run.fail("refused", err)
         raise
-    except UserError as err:
-        run.fail("failed", err)
-        raise
     except KeyboardInterrupt as err:
         run.fail("interrupted", err)
         raise
-    except Exception as err:
+    except Exception as err:  # UserError or a bug: either way the record says failed, and why
         run.fail("failed", err)
         raise

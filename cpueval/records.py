@@ -1,31 +1,329 @@
-"""Files a run writes. Every write is atomic (temp file in the same directory + rename), so a
-killed job leaves either the previous complete file or the new complete file, never half of one."""
+"""results.json as typed data: one record per run, its JSON Schema, and atomic writes.
+
+`RunRecord` (dataclasses below) is the whole of results.json. The pipeline fills one and `save`s it;
+everything that reads results (summary, report, resume, tracking, the nightly comparison) goes through
+`load`/`read_record`, which validate with pydantic and migrate older schema versions. The committed
+JSON Schema (`cpueval/schema/results.schema.json`) is generated from these dataclasses
+(`python -m cpueval.records > cpueval/schema/results.schema.json`); a test keeps the two equal and
+validates every results.json the test suite writes against the file.
+
+Every write is atomic (temp file in the same directory + fsync + rename), so a killed job leaves
+either the previous complete file or the new complete file, never half of one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sys
 import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, Optional
 
 import numpy as np
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "results.schema.json"
+Status = Literal["running", "ok", "failed", "refused", "interrupted"]
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays and paths -> plain JSON; NaN/inf -> None (JSON has no NaN)."""
+@dataclass
+class ErrorInfo:
+    type: str
+    message: str
+
+
+@dataclass
+class Requested:
+    mode: str
+    precision: str
+
+
+@dataclass
+class Threads:
+    intra_op_threads: int
+    inter_op_threads: int
+    intra_op_source: str  # runtime.intra_op_threads | SLURM_CPUS_PER_TASK | affinity
+    usable_cores: int
+
+
+@dataclass
+class Actual:
+    """What ran, which may differ from what was asked (a fallback mode)."""
+
+    mode: str
+    precision: str
+    attn_implementation: Optional[str] = None
+    details: dict[str, Any] = field(default_factory=dict)  # the mode's (trace shape, compile options, export)
+    precision_details: dict[str, Any] = field(default_factory=dict)  # what the precision did (layers quantized)
+
+
+@dataclass
+class SlurmContext:
+    job_id: Optional[str] = None
+    array_job_id: Optional[str] = None
+    array_task_id: Optional[int] = None
+    node: Optional[str] = None
+    cpus_per_task: Optional[int] = None
+    restart_count: int = 0
+    partition: Optional[str] = None
+
+
+@dataclass
+class Environment:
+    cpu_model: str
+    isa_flags: list[str]
+    torch_cpu_capability: str
+    machine: str
+    host: str
+    logical_cpus: Optional[int]
+    usable_cores: int
+    python: str
+    versions: dict[str, Optional[str]]  # cpueval's dependencies and the job's plug-ins' packages
+    git_commit: Optional[str] = None
+    slurm: Optional[SlurmContext] = None
+    # Whether each precision runs natively on this CPU, from the precisions' declarations.
+    native_precisions: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class ModelInfo:
+    name_or_path: str
+    resolved_path: Optional[str]
+    revision: Optional[str]
+    builtin_random_weights: bool
+    model_class: str
+    num_parameters: int
+    attn_implementation: Optional[str]
+    config_sha256: Optional[str]
+    weights_sha256: Optional[str]
+    tokenizer_sha256: str
+
+
+@dataclass
+class DataInfo:
+    source: str
+    split: Optional[str]
+    num_examples: int
+    fingerprint: str
+    num_features: Optional[int] = None
+    feature_cache: Optional[str] = None  # hit | miss | disabled
+    num_batches: Optional[int] = None
+    real_tokens: Optional[int] = None
+    padding_share: Optional[float] = None
+
+
+@dataclass
+class Timing:
+    """Seconds per stage; a stage that did not run is None."""
+
+    model_load: Optional[float] = None
+    data_load: Optional[float] = None
+    tokenize: Optional[float] = None
+    batching: Optional[float] = None
+    prepare: Optional[float] = None
+    warmup: Optional[float] = None
+    forward_loop: Optional[float] = None
+    parity: Optional[float] = None
+    postprocess: Optional[float] = None
+    metrics: Optional[float] = None
+    total: Optional[float] = None
+
+
+@dataclass
+class Throughput:
+    forward_examples_per_s: Optional[float]
+    forward_features_per_s: Optional[float]
+    forward_tokens_per_s: Optional[float]
+    e2e_examples_per_s: Optional[float]
+    e2e_features_per_s: Optional[float]
+
+
+@dataclass
+class Latency:
+    """Per-call forward latency in milliseconds."""
+
+    count: int
+    mean: Optional[float] = None
+    p50: Optional[float] = None
+    p90: Optional[float] = None
+    p99: Optional[float] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass
+class Memory:
+    peak_rss_mb: Optional[float]  # this job, sampled
+    process_peak_rss_mb: Optional[float]  # the whole process (earlier jobs of a basic-launcher sweep too)
+
+
+@dataclass
+class OutputParity:
+    max_abs_diff: float
+    identical_predictions: float
+    predictions: int
+
+
+@dataclass
+class Parity:
+    """This run's outputs against eager fp32 on a fixed sample of batches."""
+
+    max_abs_diff: float
+    identical_predictions: float
+    predictions: int
+    batches: int
+    outputs: dict[str, OutputParity] = field(default_factory=dict)
+    batches_compared: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Attempt:
+    """An unfinished earlier run of the same job (interrupted, failed, killed) that this one replaces."""
+
+    status: Optional[str]
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    error: Optional[ErrorInfo] = None
+    slurm: Optional[SlurmContext] = None
+
+
+@dataclass
+class RunRecord:
+    """results.json."""
+
+    status: Status
+    started_at: str
+    config_hash: str  # cpueval.identity.job_hash of `config`: also the job directory's suffix
+    config: dict[str, Any]  # the resolved job config
+    requested: Requested
+    run_dir: str
+    schema_version: int = SCHEMA_VERSION
+    error: Optional[ErrorInfo] = None
+    finished_at: Optional[str] = None
+    environment: Optional[Environment] = None
+    earlier_attempts: list[Attempt] = field(default_factory=list)
+    threads: Optional[Threads] = None
+    model: Optional[ModelInfo] = None
+    data: Optional[DataInfo] = None
+    task_stats: dict[str, Any] = field(default_factory=dict)
+    actual: Optional[Actual] = None
+    metrics: dict[str, Optional[float]] = field(default_factory=dict)
+    headline_metrics: list[str] = field(default_factory=list)
+    latency_ms: Optional[Latency] = None
+    batch_latencies_ms: list[float] = field(default_factory=list)  # the timed loop, batch order
+    shapes: dict[str, Any] = field(default_factory=dict)  # distinct shapes + the mode's counters
+    files: list[str] = field(default_factory=list)
+    timing: Optional[Timing] = None
+    throughput: Optional[Throughput] = None
+    memory: Optional[Memory] = None
+    parity: Optional[Parity] = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        """The error as one line ("Type: message"), or "" when there is none."""
+        return f"{self.error.type}: {self.error.message}" if self.error else ""
+
+
+# -- reading -------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _adapter() -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(RunRecord)
+
+
+def from_dict(data: dict[str, Any]) -> RunRecord:
+    """A RunRecord from results.json data of any schema version (validated; raises pydantic's ValidationError)."""
+    return _adapter().validate_python(migrate(data))
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema version 1 (before the typed record) -> 2: the model class key, threads out of `actual`."""
+    if data.get("schema_version", 1) >= 2:
+        return data
+    data = json.loads(json.dumps(data))
+    model = data.get("model")
+    if isinstance(model, dict) and "class" in model:
+        model["model_class"] = model.pop("class")
+    env = data.get("environment")
+    if isinstance(env, dict):
+        env["native_precisions"] = {k[len("native_"):]: v for k, v in env.items() if k.startswith("native_")}
+    data.setdefault("requested", {"mode": _config_name(data, "mode"), "precision": _config_name(data, "precision")})
+    data.setdefault("config_hash", "")
+    data.setdefault("started_at", data.get("finished_at") or "")
+    data.setdefault("run_dir", "")
+    data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+def _config_name(data: dict[str, Any], group: str) -> str:
+    node = (data.get("config") or {}).get(group) or {}
+    return str(node.get("name", "?")) if isinstance(node, dict) else "?"
+
+
+def parse(cls: type, data: Any) -> Any:
+    """`data` (plain JSON data) validated as dataclass `cls` of this module."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(cls).validate_python(data)
+
+
+def read_record(run_dir: Path) -> Optional[RunRecord]:
+    """The run's record, or None if results.json is absent, unreadable or not a record."""
+    from pydantic import ValidationError
+
+    data = read_results(run_dir)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return from_dict(data)
+    except ValidationError:
+        return None
+
+
+def read_results(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's results.json as plain data, or None if absent or not JSON."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = _adapter().json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cpueval results.json"
+    return schema
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def to_dict(record: RunRecord) -> dict[str, Any]:
+    return jsonable(dataclasses.asdict(record))
+
+
+def save(record: RunRecord, run_dir: Optional[Path] = None) -> Path:
+    """Write the record to `<run_dir>/results.json` atomically (run_dir defaults to the record's)."""
+    return write_json_atomic(Path(run_dir or record.run_dir) / RESULTS_FILE, to_dict(record))
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON data: numpy scalars/arrays and paths -> plain JSON; NaN/inf -> None (JSON has no NaN)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):
@@ -51,17 +349,13 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> Path:
-    return write_text_atomic(path, json.dumps(_jsonable(obj), indent=indent, ensure_ascii=False) + "\n")
+    return write_text_atomic(path, json.dumps(jsonable(obj), indent=indent, ensure_ascii=False) + "\n")
 
 
 def write_lines_atomic(path: Path, lines: Iterable[str]) -> Path:
     return write_text_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """The run's results.json, or None if absent or unreadable."""
-    path = Path(run_dir) / RESULTS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+if __name__ == "__main__":  # python -m cpueval.records > cpueval/schema/results.schema.json
+    json.dump(json_schema(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -29,24 +27,24 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from cpueval.records import RESULTS_FILE, read_results
-from cpueval.sweep import NOT_IN_HASH, job_hash, parse_faults
+from cpueval import plugins
+from cpueval.identity import digest, job_config, job_hash
+from cpueval.records import RESULTS_FILE, RunRecord, read_record
 
 DEFAULT_BASELINE = "mode=eager,precision=fp32"
 DEFAULT_GATE = 0.99
-# Left out of a row's identity when looking for its baseline: they do not change the numbers.
-NOT_IDENTITY = (*NOT_IN_HASH, "experiment_name", "note")
+# Left out of a row's identity when looking for its baseline (beyond identity.NOT_IN_HASH): naming only.
+NOT_IDENTITY = ("experiment_name", "note")
 KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-MODE_ORDER = ("eager", "jit", "compile", "ipex", "ipex_jit")
-PRECISION_ORDER = ("fp32", "bf16", "int8")
 MAX_FACETS = 12
 MAX_BOXES = 40
 
 
 # -- collecting -----------------------------------------------------------------------------------
-def find_records(dirs: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """(run dir, record) for every results.json under the given dirs, each run once."""
-    seen: dict[Path, dict[str, Any]] = {}
+def find_records(dirs: Iterable[Path]) -> list[tuple[Path, Optional[RunRecord]]]:
+    """(run dir, record or None if unreadable) for every results.json under the given dirs, each run once.
+    Records of every schema version load (cpueval.records.migrate)."""
+    seen: dict[Path, Optional[RunRecord]] = {}
     for root in map(Path, dirs):
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such directory")
@@ -54,7 +52,7 @@ def find_records(dirs: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
         for path in paths:
             if ".submitit" in path.parts or path.parent.resolve() in seen:
                 continue
-            seen[path.parent.resolve()] = read_results(path.parent) or {"status": "unreadable"}
+            seen[path.parent.resolve()] = read_record(path.parent)
     return sorted(seen.items(), key=lambda item: str(item[0]))
 
 
@@ -73,20 +71,23 @@ def _data_label(config: Mapping[str, Any]) -> str:
     return Path(str(data.get("path") or "?")).name
 
 
-def _reason(record: Mapping[str, Any]) -> Optional[str]:
-    error = record.get("error")
-    if not error:
-        return "still running, or killed (no end recorded)" if record.get("status") == "running" else None
-    return f"{error.get('type', 'Error')}: {error.get('message', '')}"
+def _reason(record: RunRecord) -> Optional[str]:
+    if record.error is None:
+        return "still running, or killed (no end recorded)" if record.status == "running" else None
+    return record.reason
 
 
-def flatten(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """One table row from one results.json."""
-    config = record.get("config") or {}
-    actual, env, timing = record.get("actual") or {}, record.get("environment") or {}, record.get("timing") or {}
-    tput, lat = record.get("throughput") or {}, record.get("latency_ms") or {}
-    mode = _get(record, "requested.mode") or _get(config, "mode.name")
-    precision = _get(record, "requested.precision") or _get(config, "precision.name")
+def _attr(obj: Any, name: str) -> Any:
+    return getattr(obj, name, None) if obj is not None else None
+
+
+def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
+    """One table row from one record (None: an unreadable results.json)."""
+    if record is None:
+        return {"job": run_dir.name, "status": "unreadable", "reason": "results.json is not a cpueval record",
+                "run_dir": str(run_dir), "sweep": run_dir.parent.name}
+    config, actual, env, timing = record.config, record.actual, record.environment, record.timing
+    tput, lat = record.throughput, record.latency_ms
     row: dict[str, Any] = {
         "job": run_dir.name,
         "experiment": config.get("experiment_name"),
@@ -94,45 +95,44 @@ def flatten(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         "task": _get(config, "task.name"),
         "data": _data_label(config),
         "max_eval_samples": _get(config, "data.max_eval_samples"),
-        "num_examples": _get(record, "data.num_examples"),
-        "mode": mode,
-        "mode_actual": actual.get("mode"),
-        "precision": precision,
-        "precision_actual": actual.get("precision"),
+        "num_examples": _attr(record.data, "num_examples"),
+        "mode": record.requested.mode,
+        "mode_actual": _attr(actual, "mode"),
+        "precision": record.requested.precision,
+        "precision_actual": _attr(actual, "precision"),
         "batch_size": _get(config, "runtime.batch_size"),
-        "threads": actual.get("intra_op_threads") or _get(record, "threads.intra_op_threads")
-        or _get(config, "runtime.intra_op_threads"),
-        "attn_implementation": actual.get("attn_implementation") or _get(record, "model.attn_implementation")
+        "threads": _attr(record.threads, "intra_op_threads") or _get(config, "runtime.intra_op_threads"),
+        "attn_implementation": _attr(actual, "attn_implementation") or _attr(record.model, "attn_implementation")
         or _get(config, "model.attn_implementation"),
-        "status": record.get("status", "unknown"),
+        "status": record.status,
         "reason": _reason(record),
-        "headline_metrics": ",".join(record.get("headline_metrics") or []),
+        "headline_metrics": ",".join(record.headline_metrics),
     }
-    for name, value in (record.get("metrics") or {}).items():
+    for name, value in record.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             row[f"metric.{name}"] = float(value)
     row.update({
-        "fwd_examples_s": tput.get("forward_examples_per_s"),
-        "fwd_features_s": tput.get("forward_features_per_s"),
-        "fwd_tokens_s": tput.get("forward_tokens_per_s"),
-        "e2e_examples_s": tput.get("e2e_examples_per_s"),
-        "latency_p50_ms": lat.get("p50"),
-        "latency_p90_ms": lat.get("p90"),
-        "latency_p99_ms": lat.get("p99"),
-        "prepare_s": timing.get("prepare"),
-        "warmup_s": timing.get("warmup"),
-        "tokenize_s": timing.get("tokenize"),
-        "total_s": timing.get("total"),
-        "peak_rss_mb": _get(record, "memory.peak_rss_mb"),
-        "parity_max_abs_diff": _get(record, "parity.max_abs_diff"),
-        "parity_identical": _get(record, "parity.identical_predictions"),
-        "cpu_model": env.get("cpu_model"),
-        "cpu_flags": " ".join(f for f in KEY_FLAGS if f in (env.get("isa_flags") or [])),
-        "host": env.get("host"),
-        "feature_cache": _get(record, "data.feature_cache"),
+        "fwd_examples_s": _attr(tput, "forward_examples_per_s"),
+        "fwd_features_s": _attr(tput, "forward_features_per_s"),
+        "fwd_tokens_s": _attr(tput, "forward_tokens_per_s"),
+        "e2e_examples_s": _attr(tput, "e2e_examples_per_s"),
+        "latency_p50_ms": _attr(lat, "p50"),
+        "latency_p90_ms": _attr(lat, "p90"),
+        "latency_p99_ms": _attr(lat, "p99"),
+        "prepare_s": _attr(timing, "prepare"),
+        "warmup_s": _attr(timing, "warmup"),
+        "tokenize_s": _attr(timing, "tokenize"),
+        "total_s": _attr(timing, "total"),
+        "peak_rss_mb": _attr(record.memory, "peak_rss_mb"),
+        "parity_max_abs_diff": _attr(record.parity, "max_abs_diff"),
+        "parity_identical": _attr(record.parity, "identical_predictions"),
+        "cpu_model": _attr(env, "cpu_model"),
+        "cpu_flags": " ".join(f for f in KEY_FLAGS if f in (_attr(env, "isa_flags") or [])),
+        "host": _attr(env, "host"),
+        "feature_cache": _attr(record.data, "feature_cache"),
         "job_hash": job_hash(config) if config else None,
-        "started_at": record.get("started_at"),
-        "finished_at": record.get("finished_at"),
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
         "run_dir": str(run_dir),
         # the sweep (or run date) a row belongs to: tells two nights' rows apart in one report
         "sweep": run_dir.parent.name,
@@ -143,10 +143,10 @@ def flatten(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
 # -- baselines and gate -----------------------------------------------------------------------------
 def parse_baseline(spec: str) -> dict[str, str]:
     """"mode=eager,precision=fp32" -> {"mode": "eager", "precision": "fp32"}."""
-    if not spec or "=" not in spec:
+    pairs = [part.strip().partition("=") for part in (spec or "").split(",") if part.strip()]
+    if not pairs or any(not sep or not key.strip() for key, sep, _ in pairs):
         raise ValueError(f"--baseline {spec!r}: expected key=value[,key=value], e.g. {DEFAULT_BASELINE}")
-    ((selector, _),) = parse_faults(spec)  # same key=value,... syntax
-    return selector
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def _config_value(config: Mapping[str, Any], key: str) -> Optional[str]:
@@ -157,25 +157,17 @@ def _config_value(config: Mapping[str, Any], key: str) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def _drop(data: dict[str, Any], dotted: str) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.get(part) if isinstance(data, dict) else None
-    if isinstance(data, dict):
-        data.pop(leaf, None)
-
-
-def identity(record: Mapping[str, Any], baseline_keys: Iterable[str]) -> str:
-    """What a row and its baseline must share (see the module docstring)."""
-    config = json.loads(json.dumps(record.get("config") or {}))
-    for key in (*NOT_IDENTITY, *baseline_keys):
-        _drop(config, key)
-    fingerprint = _get(record, "data.fingerprint")
-    if fingerprint:  # data content, not where it lies on this machine
-        config["data"] = {"fingerprint": fingerprint}
-    threads = _get(record, "actual.intra_op_threads") or _get(record, "threads.intra_op_threads")
-    key = {"config": config, "cpu": _get(record, "environment.cpu_model"), "threads": threads}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def baseline_identity(record: Optional[RunRecord], baseline_keys: Iterable[str]) -> str:
+    """What a row and its baseline must share: the job identity (cpueval.identity) with the baseline's keys,
+    the data location and naming keys left out, the data's content, the CPU model and the thread count."""
+    if record is None:
+        return ""
+    config = job_config(record.config, leave_out=(*NOT_IDENTITY, *baseline_keys))
+    if record.data is not None:  # data content, not where it lies on this machine
+        config["data"] = {"fingerprint": record.data.fingerprint}
+    key = {"config": config, "cpu": _attr(record.environment, "cpu_model"),
+           "threads": _attr(record.threads, "intra_op_threads")}
+    return digest(key, chars=16)
 
 
 def gate_metric_for(row: Mapping[str, Any], preferred: Optional[str]) -> Optional[str]:
@@ -185,13 +177,13 @@ def gate_metric_for(row: Mapping[str, Any], preferred: Optional[str]) -> Optiona
     return "f1" if "f1" in names else (names[0] if names else None)
 
 
-def add_baselines(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], baseline: str = DEFAULT_BASELINE,
+def add_baselines(df: pd.DataFrame, records: Sequence[Optional[RunRecord]], baseline: str = DEFAULT_BASELINE,
                   gate: float = DEFAULT_GATE, gate_metric: Optional[str] = None) -> pd.DataFrame:
     """Adds baseline_job, speedup, gate_metric, metric_delta, gate (one per row, in df order)."""
     spec = parse_baseline(baseline)
     df = df.copy()
-    df["_identity"] = [identity(r, spec) for r in records]
-    df["_is_base"] = [all(_config_value(r.get("config") or {}, k) == v for k, v in spec.items()) for r in records]
+    df["_identity"] = [baseline_identity(r, spec) for r in records]
+    df["_is_base"] = [r is not None and all(_config_value(r.config, k) == v for k, v in spec.items()) for r in records]
     candidates = df[df["_is_base"] & (df["status"] == "ok")]
     out = [_compare(row, candidates, gate, gate_metric) for _, row in df.iterrows()]
     for column in ("baseline_job", "speedup", "gate_metric", "metric_delta", "gate"):
@@ -251,8 +243,8 @@ def build_table(dirs: Iterable[Path], baseline: str = DEFAULT_BASELINE, gate: fl
     df = add_baselines(df, records, baseline, gate, gate_metric)
     df["_records"] = records  # carried for the plots, dropped before writing
     sort_keys = ["model", "task", "data", "batch_size", "threads", "mode", "precision", "host", "job"]
-    df = df.sort_values(sort_keys, key=lambda col: _order(col, MODE_ORDER if col.name == "mode" else
-                                                           PRECISION_ORDER if col.name == "precision" else ()),
+    order = {"mode": plugins.names("mode"), "precision": plugins.names("precision")}  # the plug-ins' own order
+    df = df.sort_values(sort_keys, key=lambda col: _order(col, order.get(str(col.name), ())),
                         na_position="last").reset_index(drop=True)
     return df
 
@@ -405,8 +397,9 @@ def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = _facets(df)[:MAX_FACETS]
-    modes = sorted(df["mode"].dropna().unique(), key=lambda m: _order(pd.Series([m]), MODE_ORDER)[0])
-    precisions = sorted(df["precision"].dropna().unique(), key=lambda p: _order(pd.Series([p]), PRECISION_ORDER)[0])
+    modes = sorted(df["mode"].dropna().unique(), key=lambda m: _order(pd.Series([m]), plugins.names("mode"))[0])
+    precisions = sorted(df["precision"].dropna().unique(),
+                        key=lambda p: _order(pd.Series([p]), plugins.names("precision"))[0])
     cols = min(len(panels), 3)
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 1.4 * len(modes) * len(precisions) / 2 + 3) * cols,
@@ -459,7 +452,7 @@ def plot_latency(df: pd.DataFrame, path: Path) -> Optional[Path]:
 
     data, labels = [], []
     for _, row in df.iterrows():
-        values = row["_records"].get("batch_latencies_ms") if row["status"] == "ok" else None
+        values = row["_records"].batch_latencies_ms if row["status"] == "ok" else None
         if values:
             data.append(values)
             labels.append(_row_label(row, df))

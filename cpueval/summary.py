@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cpueval.records import RunRecord
+
 
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
@@ -13,35 +15,39 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def render_summary(record: dict[str, Any]) -> str:
-    rows: list[tuple[str, str]] = []
-    actual, requested = record.get("actual", {}), record["requested"]
-    mode = actual.get("mode", requested["mode"])
-    if mode != requested["mode"]:
-        mode = f"{mode} (requested {requested['mode']}, fell back)"
-    rows.append(("status", record["status"]))
-    rows.append(("model", record.get("model", {}).get("name_or_path", "-")))
-    rows.append(("data", f"{record['data']['source']} ({record['data']['num_examples']} examples, "
-                         f"{record['data']['num_features']} features, cache {record['data']['feature_cache']})"))
-    rows.append(("mode / precision", f"{mode} / {actual.get('precision', requested['precision'])}"))
-    env = record["environment"]
-    rows.append(("cpu", f"{env['cpu_model']} ({', '.join(env['isa_flags']) or 'no AVX2'}), "
-                        f"{actual.get('intra_op_threads')} threads"))
-    for name in record.get("headline_metrics", []):
-        rows.append((name, _fmt(record["metrics"].get(name))))
-    tp, lat, t = record["throughput"], record["latency_ms"], record["timing"]
-    rows.append(("forward loop", f"{_fmt(tp['forward_examples_per_s'])} examples/s, "
-                                 f"{_fmt(tp['forward_features_per_s'])} features/s, "
-                                 f"{_fmt(tp['forward_tokens_per_s'], 0)} tokens/s"))
-    rows.append(("end to end", f"{_fmt(tp['e2e_examples_per_s'])} examples/s in {_fmt(t['total'])} s"))
-    rows.append(("batch latency ms", f"p50 {_fmt(lat['p50'])}  p90 {_fmt(lat['p90'])}  p99 {_fmt(lat['p99'])}"))
-    rows.append(("prepare / warm-up s", f"{_fmt(t.get('prepare'))} / {_fmt(t.get('warmup'))}"))
-    rows.append(("padding computed", f"{record['data']['padding_share'] * 100:.1f}%"))
-    rows.append(("peak RSS", f"{_fmt(record['memory']['peak_rss_mb'], 0)} MB"))
-    if "parity" in record:
-        rows.append(("parity vs eager fp32", f"identical predictions {record['parity'].get('identical_predictions')}"))
-    rows.append(("files", record["run_dir"]))
+def render_summary(record: RunRecord) -> str:
+    actual, requested = record.actual, record.requested
+    mode = actual.mode if actual else requested.mode
+    if mode != requested.mode:
+        mode = f"{mode} (requested {requested.mode}, fell back)"
+    data, env, threads = record.data, record.environment, record.threads
+    rows: list[tuple[str, str]] = [
+        ("status", record.status),
+        ("model", record.model.name_or_path if record.model else "-"),
+        ("data", f"{data.source} ({data.num_examples} examples, {data.num_features} features, "
+                 f"cache {data.feature_cache})" if data else "-"),
+        ("mode / precision", f"{mode} / {actual.precision if actual else requested.precision}"),
+        ("cpu", f"{env.cpu_model} ({', '.join(env.isa_flags) or 'no AVX2'}), "
+                f"{threads.intra_op_threads if threads else '-'} threads" if env else "-"),
+    ]
+    rows += [(name, _fmt(record.metrics.get(name))) for name in record.headline_metrics]
+    tp, lat, t = record.throughput, record.latency_ms, record.timing
+    if tp and lat and t:
+        rows += [
+            ("forward loop", f"{_fmt(tp.forward_examples_per_s)} examples/s, {_fmt(tp.forward_features_per_s)} "
+                             f"features/s, {_fmt(tp.forward_tokens_per_s, 0)} tokens/s"),
+            ("end to end", f"{_fmt(tp.e2e_examples_per_s)} examples/s in {_fmt(t.total)} s"),
+            ("batch latency ms", f"p50 {_fmt(lat.p50)}  p90 {_fmt(lat.p90)}  p99 {_fmt(lat.p99)}"),
+            ("prepare / warm-up s", f"{_fmt(t.prepare)} / {_fmt(t.warmup)}"),
+        ]
+    if data and data.padding_share is not None:
+        rows.append(("padding computed", f"{data.padding_share * 100:.1f}%"))
+    if record.memory:
+        rows.append(("peak RSS", f"{_fmt(record.memory.peak_rss_mb, 0)} MB"))
+    if record.parity:
+        rows.append(("parity vs eager fp32", f"identical predictions {record.parity.identical_predictions}"))
+    rows.append(("files", record.run_dir))
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
-    lines += [f"  WARNING: {w}" for w in record.get("warnings", [])]
+    lines += [f"  WARNING: {w}" for w in record.warnings]
     return "\n".join(["cpueval summary", *lines])

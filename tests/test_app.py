@@ -124,7 +124,7 @@ def test_unknown_split_of_a_local_dataset_directory(tmp_path):
 def test_a_checkpoint_for_another_head_is_refused(tmp_path):
     from cpueval.assets.builtin import ensure_builtin_model
 
-    classifier = ensure_builtin_model("builtin:tiny-bert", "sequence_classification", ["neg", "pos"],
+    classifier = ensure_builtin_model("builtin:tiny-bert", "AutoModelForSequenceClassification", ["neg", "pos"],
                                       cache_dir=tmp_path / "cache")
     line = one_line_error(cpueval(f"hydra.run.dir={tmp_path / 'r'}", f"model.name_or_path={classifier}"))
     assert "ForSequenceClassification" in line and "ForQuestionAnswering" in line

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import pandas as pd
 import pytest
 
-from cpueval import report
+from cpueval import records, report
+from cpueval.identity import job_hash
 
 BASE_CONFIG: dict[str, Any] = {
     "model": {"name_or_path": "builtin:tiny-bert", "attn_implementation": None},
@@ -29,34 +30,39 @@ def make_record(mode: str = "eager", precision: str = "fp32", f1: Optional[float
                 status: str = "ok", batch_size: int = 16, threads: int = 2, host: str = "a",
                 finished: str = "2026-01-01T00:00:10+00:00", fingerprint: str = "fp1",
                 mode_node: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A complete results.json, built through the typed record (so drift in the schema shows here)."""
     config = copy.deepcopy(BASE_CONFIG)
     config["mode"] = mode_node or {"name": mode, "fallback": None}
     config["precision"] = {"name": precision}
     config["runtime"]["batch_size"] = batch_size
-    record: dict[str, Any] = {
-        "status": status, "config": config, "requested": {"mode": mode, "precision": precision},
-        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": finished,
-        "environment": {"cpu_model": "Test CPU", "host": host, "isa_flags": ["avx2", "avx512f", "sse4_2"]},
-        "threads": {"intra_op_threads": threads},
-    }
+    record = records.RunRecord(
+        status=status, started_at="2026-01-01T00:00:00+00:00", finished_at=finished, config_hash=job_hash(config),
+        config=config, requested=records.Requested(mode=mode, precision=precision), run_dir="/somewhere",
+        environment=records.Environment(cpu_model="Test CPU", isa_flags=["avx2", "avx512f", "sse4_2"],
+                                        torch_cpu_capability="AVX512", machine="x86_64", host=host, logical_cpus=2,
+                                        usable_cores=2, python="3.11", versions={"torch": "2.13.0"}),
+        threads=records.Threads(intra_op_threads=threads, inter_op_threads=1, intra_op_source="affinity",
+                                usable_cores=2),
+    )
     if status != "ok":
-        record["error"] = {"type": "Refused", "message": f"mode={mode} precision={precision}: not here"}
-        return record
-    record.update({
-        "actual": {"mode": mode, "precision": precision, "attn_implementation": "sdpa", "intra_op_threads": threads},
-        "data": {"num_examples": 45, "num_features": 70, "feature_cache": "hit", "fingerprint": fingerprint},
-        "metrics": {"exact_match": 70.0, "f1": f1}, "headline_metrics": ["exact_match", "f1"],
-        "throughput": {"forward_examples_per_s": speed, "forward_features_per_s": speed * 1.5,
-                       "forward_tokens_per_s": speed * 300, "e2e_examples_per_s": speed / 2},
-        "latency_ms": {"p50": 100.0, "p90": 150.0, "p99": 200.0},
-        "batch_latencies_ms": [90.0, 100.0, 110.0, 200.0],
-        "timing": {"prepare": 0.5, "warmup": 0.1, "total": 5.0},
-        "memory": {"peak_rss_mb": 500.0},
-    })
-    return record
+        record.error = records.ErrorInfo(type="Refused", message=f"mode={mode} precision={precision}: not here")
+        return records.to_dict(record)
+    record.actual = records.Actual(mode=mode, precision=precision, attn_implementation="sdpa")
+    record.data = records.DataInfo(source="/somewhere/sample_squad.json", split="validation", num_examples=45,
+                                   fingerprint=fingerprint, num_features=70, feature_cache="hit")
+    record.metrics, record.headline_metrics = {"exact_match": 70.0, "f1": f1}, ["exact_match", "f1"]
+    record.throughput = records.Throughput(forward_examples_per_s=speed, forward_features_per_s=speed * 1.5,
+                                           forward_tokens_per_s=speed * 300, e2e_examples_per_s=speed / 2,
+                                           e2e_features_per_s=speed * 0.75)
+    record.latency_ms = records.Latency(count=4, p50=100.0, p90=150.0, p99=200.0)
+    record.batch_latencies_ms = [90.0, 100.0, 110.0, 200.0]
+    record.timing = records.Timing(prepare=0.5, warmup=0.1, total=5.0)
+    record.memory = records.Memory(peak_rss_mb=500.0, process_peak_rss_mb=510.0)
+    return records.to_dict(record)
 
 
 def write(root: Path, name: str, record: dict[str, Any]) -> Path:
+    records.from_dict(record)  # a test record that is not a valid record is a test bug
     job = root / name
     job.mkdir(parents=True)
     (job / "results.json").write_text(json.dumps(record))
@@ -188,7 +194,8 @@ def test_running_record_is_listed(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     record = make_record(status="ok")
     record.update(status="running")
-    write(root, "killed", {k: record[k] for k in ("status", "config", "requested", "started_at", "environment")})
+    write(root, "killed", {k: record[k] for k in ("schema_version", "status", "config", "config_hash", "requested",
+                                                  "started_at", "run_dir", "environment")})
     df = report.build_table([root])
     assert df.iloc[0]["status"] == "running" and "killed" in df.iloc[0]["reason"]
 
@@ -197,7 +204,7 @@ def test_parity_figures_reach_the_table_and_markdown(tmp_path: Path) -> None:
     root = tmp_path / "sweep"
     write(root, "eager_fp32", make_record())
     int8 = make_record(precision="int8", speed=20.0)
-    int8["parity"] = {"max_abs_diff": 0.0625, "identical_predictions": 0.875}
+    int8["parity"] = {"max_abs_diff": 0.0625, "identical_predictions": 0.875, "predictions": 8, "batches": 2}
     write(root, "eager_int8", int8)
     df = report.build_table([root])
     assert row(df, "eager_int8")["parity_max_abs_diff"] == pytest.approx(0.0625)
@@ -214,3 +221,19 @@ def test_rows_of_two_sweeps_name_their_sweep(tmp_path: Path) -> None:
     assert sorted(df["sweep"]) == ["2026-01-01", "2026-01-02"]
     text = report.markdown(df, 0.99, "mode=eager,precision=fp32", [])
     assert "2026-01-01" in text and "2026-01-02" in text
+
+
+def test_a_record_of_schema_version_1_still_loads_in_the_report(tmp_path: Path) -> None:
+    """tests/data/results_v1.json: a real results.json as cpueval wrote it before the typed record."""
+    v1 = json.loads((Path(__file__).parent / "data" / "results_v1.json").read_text())
+    assert v1["schema_version"] == 1 and "class" in v1["model"]
+    write(tmp_path / "old", "eager_fp32", v1)
+    df = report.build_table([tmp_path / "old"])
+    only = df.iloc[0]
+    assert only["status"] == "ok" and only["gate"] == "baseline"
+    assert only["metric.f1"] == pytest.approx(v1["metrics"]["f1"])
+    assert only["fwd_examples_s"] == pytest.approx(v1["throughput"]["forward_examples_per_s"])
+    assert only["threads"] == v1["threads"]["intra_op_threads"]
+    loaded = records.from_dict(v1)
+    assert loaded.model.model_class == v1["model"]["class"] and loaded.environment.native_precisions == {
+        "bf16": False, "int8": False}

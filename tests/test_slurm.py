@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cpueval.sweep import FAULT_ENV
+from cpueval_faults import env_with_support, launch_args
 
 FAST = ("data.max_eval_samples=4", "runtime.warmup_batches=0", "runtime.progress=false")
 # The node is the 2-CPU machine itself (local-cluster.sh: CPUs from `slurmd -C`, RealMemory = RAM
@@ -62,12 +62,11 @@ def slurm_cluster() -> None:
 
 def launch(sweep_dir: Path, *overrides: str, fault: str = "", env_path: str | None = None,
            background: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, "HYDRA_FULL_ERROR")}
-    if fault:
-        env[FAULT_ENV] = fault
+    env = env_with_support({k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
     if env_path is not None:
         env["PATH"] = env_path
-    cmd = [sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides]
+    faults = launch_args(fault) if fault else []
+    cmd = [sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides, *faults]
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT_S)

@@ -1,5 +1,5 @@
 """Sweep mechanics without launching: job identity (hash, subdir), skip-if-done, locks, fault
-selectors, and atomic writes under concurrency. The launched sweeps are in test_sweep_launch.py."""
+selectors (tests/support/cpueval_faults.py), and atomic writes under concurrency. The launched sweeps are in test_sweep_launch.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cpueval import sweep
+import cpueval_faults
+from cpueval import identity, resume
 from cpueval.app import CONF_DIR
 from cpueval.config import register_configs
 from cpueval.records import read_results, write_json_atomic
@@ -19,7 +20,7 @@ from cpueval.records import read_results, write_json_atomic
 
 def compose_job(*overrides: str):
     register_configs()
-    sweep.register_resolvers()
+    identity.register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=True)
 
@@ -30,40 +31,40 @@ def test_subdir_is_readable_overrides_plus_the_hash_of_the_job_config() -> None:
     readable, _, digest = subdir.rpartition("__")
     assert readable == "mode=jit,runtime.batch_size=4"
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    assert digest == sweep.job_hash(cfg) == sweep.job_hash(job_cfg)
+    assert digest == identity.job_hash(cfg) == identity.job_hash(job_cfg)
     # ...and the config stored in results.json (resolved, JSON) hashes the same
     stored = json.loads(json.dumps(OmegaConf.to_container(job_cfg, resolve=True)))
-    assert sweep.job_hash(stored) == digest
+    assert identity.job_hash(stored) == digest
 
 
 def test_hash_ignores_settings_that_do_not_change_results_and_sees_the_rest() -> None:
-    base = sweep.job_hash(compose_job())
-    assert sweep.job_hash(compose_job("runtime.force=true", "runtime.progress=false",
+    base = identity.job_hash(compose_job())
+    assert identity.job_hash(compose_job("runtime.force=true", "runtime.progress=false",
                                       "runtime.cache_dir=/elsewhere")) == base
-    assert sweep.job_hash(compose_job("runtime.batch_size=4")) != base
-    assert sweep.job_hash(compose_job("task.doc_stride=64")) != base  # not in the overrides' names either
+    assert identity.job_hash(compose_job("runtime.batch_size=4")) != base
+    assert identity.job_hash(compose_job("task.doc_stride=64")) != base  # not in the overrides' names either
 
 
 def test_subdir_is_one_safe_path_component() -> None:
-    name = sweep.job_subdir("model.name_or_path=../shared/models/x,data.path=/a b/c.json", {"a": 1})
+    name = identity.job_subdir("model.name_or_path=../shared/models/x,data.path=/a b/c.json", {"a": 1})
     assert "/" not in name and " " not in name and not name.startswith(".")
-    assert sweep.job_subdir("", {"a": 1}).startswith("default__")
-    long = sweep.job_subdir("x=" + "y" * 500, {"a": 1})
-    assert len(long) <= sweep.MAX_READABLE + 2 + sweep.HASH_CHARS
-    assert sweep.job_subdir("x=" + "y" * 500, {"a": 1}) != sweep.job_subdir("x=" + "y" * 500, {"a": 2})
+    assert identity.job_subdir("", {"a": 1}).startswith("default__")
+    long = identity.job_subdir("x=" + "y" * 500, {"a": 1})
+    assert len(long) <= identity.MAX_READABLE + 2 + identity.HASH_CHARS
+    assert identity.job_subdir("x=" + "y" * 500, {"a": 1}) != identity.job_subdir("x=" + "y" * 500, {"a": 2})
 
 
 def test_done_record_needs_ok_and_the_same_config(tmp_path: Path) -> None:
     cfg = compose_job()
     stored = json.loads(json.dumps(OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)))
-    assert sweep.done_record(cfg, tmp_path) is None  # nothing there
+    assert resume.done_record(cfg, tmp_path) is None  # nothing there
     for status in ("running", "failed", "interrupted"):
         write_json_atomic(tmp_path / "results.json", {"status": status, "config": stored})
-        assert sweep.done_record(cfg, tmp_path) is None, status
+        assert resume.done_record(cfg, tmp_path) is None, status
     write_json_atomic(tmp_path / "results.json", {"status": "ok", "config": stored})
-    assert sweep.done_record(cfg, tmp_path) is not None
-    assert sweep.done_record(compose_job("runtime.batch_size=3"), tmp_path) is None
+    assert resume.done_record(cfg, tmp_path) is not None
+    assert resume.done_record(compose_job("runtime.batch_size=3"), tmp_path) is None
 
 
 def test_a_refusal_is_kept_only_by_the_same_installation(tmp_path: Path) -> None:
@@ -74,53 +75,49 @@ def test_a_refusal_is_kept_only_by_the_same_installation(tmp_path: Path) -> None
         OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)))
     env = describe_environment()
     write_json_atomic(tmp_path / "results.json", {"status": "refused", "config": stored, "environment": env})
-    assert sweep.done_record(cfg, tmp_path)["status"] == "refused"
+    assert resume.done_record(cfg, tmp_path).status == "refused"
     other_host = {**env, "host": env["host"] + "-other"}
     write_json_atomic(tmp_path / "results.json", {"status": "refused", "config": stored, "environment": other_host})
-    assert sweep.done_record(cfg, tmp_path) is None
+    assert resume.done_record(cfg, tmp_path) is None
     new_torch = {**env, "versions": {**env["versions"], "torch": "0.0.1"}}
     write_json_atomic(tmp_path / "results.json", {"status": "refused", "config": stored, "environment": new_torch})
-    assert sweep.done_record(cfg, tmp_path) is None
+    assert resume.done_record(cfg, tmp_path) is None
 
 
 def test_job_lock_is_exclusive_and_released(tmp_path: Path) -> None:
-    with sweep.job_lock(tmp_path):
-        with pytest.raises(sweep.Busy):
-            with sweep.job_lock(tmp_path):
+    with resume.job_lock(tmp_path):
+        with pytest.raises(resume.Busy):
+            with resume.job_lock(tmp_path):
                 pass
-    with sweep.job_lock(tmp_path):  # released on exit
+    with resume.job_lock(tmp_path):  # released on exit
         pass
 
 
 def test_fault_selectors() -> None:
-    faults = sweep.parse_faults("mode=jit,precision=bf16:oom; runtime.batch_size=8")
+    faults = cpueval_faults.parse_faults("mode=jit,precision=bf16:oom; runtime.batch_size=8")
     assert faults == [({"mode": "jit", "precision": "bf16"}, "oom"), ({"runtime.batch_size": "8"}, "error")]
-    cfg = compose_job("mode=jit", "precision=bf16")
-    assert sweep.matches(faults[0][0], cfg) and not sweep.matches(faults[1][0], cfg)
+    assert cpueval_faults.matching_kind(faults, compose_job("mode=jit", "precision=bf16")) == "oom"
+    assert cpueval_faults.matching_kind(faults, compose_job("mode=jit")) is None
     with pytest.raises(ValueError, match="unknown fault kind"):
-        sweep.parse_faults("mode=jit:explode")
+        cpueval_faults.parse_faults("mode=jit:explode")
 
 
-def test_inject_fault_raises_for_matching_jobs_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cpueval.errors import Refused
+def test_fault_injection_patches_the_first_stage_after_the_running_record() -> None:
+    from cpueval.pipeline import Run
 
-    sweep.inject_fault(compose_job())  # unset: no-op
-    monkeypatch.setenv(sweep.FAULT_ENV, "mode=jit:oom;precision=bf16:refuse")
-    sweep.inject_fault(compose_job())
-    with pytest.raises(MemoryError, match="injected fault"):
-        sweep.inject_fault(compose_job("mode=jit"))
-    with pytest.raises(Refused):
-        sweep.inject_fault(compose_job("precision=bf16"))
+    assert callable(getattr(Run, cpueval_faults.STAGE))  # the helper's hook point still exists
+    source = Run.execute.__code__.co_names
+    assert source.index("begin") < source.index(cpueval_faults.STAGE)
 
 
 def test_write_failure_keeps_a_recorded_end_and_fills_a_missing_one(tmp_path: Path) -> None:
     cfg = compose_job()
-    sweep.write_failure(cfg, tmp_path, RuntimeError("boom"))
+    resume.write_failure(cfg, tmp_path, RuntimeError("boom"))
     record = read_results(tmp_path)
     assert record["status"] == "failed" and record["error"]["message"] == "boom"
-    assert sweep.job_hash(record["config"]) == sweep.job_hash(cfg)
+    assert identity.job_hash(record["config"]) == identity.job_hash(cfg)
     write_json_atomic(tmp_path / "results.json", {"status": "refused", "error": {"message": "no"}})
-    sweep.write_failure(cfg, tmp_path, RuntimeError("later"))
+    resume.write_failure(cfg, tmp_path, RuntimeError("later"))
     assert read_results(tmp_path)["status"] == "refused"
 
 
@@ -153,4 +150,4 @@ def test_single_run_dir_carries_the_job_hash() -> None:
     """Two runs started in the same second get different dirs unless they are the same job."""
     cfg = compose_job("runtime.batch_size=4")
     run_dir = OmegaConf.select(cfg, "hydra.run.dir")
-    assert run_dir.startswith("outputs/runs/") and run_dir.endswith("_default_" + sweep.job_hash(cfg))
+    assert run_dir.startswith("outputs/runs/") and run_dir.endswith("_default_" + identity.job_hash(cfg))

@@ -1,6 +1,7 @@
 """Launched sweeps, as a user runs them (subprocess `cpueval -m`): failure isolation and exit code,
 resume (a second launch runs 0 jobs), force, resume after a kill, and parallel joblib jobs
-writing into one sweep dir. Faults come from CPUEVAL_INJECT_FAULT, so nothing depends on the CPU."""
+writing into one sweep dir. Faults come from tests/support/cpueval_faults.py (a Hydra callback), so
+nothing depends on the CPU."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cpueval.sweep import FAULT_ENV, job_hash
+from cpueval.identity import job_hash
+from cpueval_faults import env_with_support, launch_args
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +22,11 @@ FAST = ("data.max_eval_samples=6", "runtime.warmup_batches=0", "runtime.progress
 
 
 def launch(sweep_dir: Path, *overrides: str, fault: str = "", cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    if fault:
-        env[FAULT_ENV] = fault
+    env = env_with_support(os.environ)
     if cache is not None:
         env["CPUEVAL_CACHE"] = str(cache)
-    result = subprocess.run([sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides],
+    faults = launch_args(fault) if fault else []
+    result = subprocess.run([sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides, *faults],
                             capture_output=True, text=True, env=env, timeout=900)
     print(result.stdout[-3000:], result.stderr[-6000:])  # shown when a test fails
     result.log = result.stdout + result.stderr  # type: ignore[attr-defined]

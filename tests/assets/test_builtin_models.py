@@ -21,15 +21,15 @@ from cpueval.assets.builtin import BUILTIN_PREFIX, ensure_builtin_model, is_buil
 NAME = "builtin:tiny-bert"
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 AUTO = {
-    "question_answering": AutoModelForQuestionAnswering,
-    "sequence_classification": AutoModelForSequenceClassification,
-    "token_classification": AutoModelForTokenClassification,
+    "AutoModelForQuestionAnswering": AutoModelForQuestionAnswering,
+    "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
+    "AutoModelForTokenClassification": AutoModelForTokenClassification,
 }
 
 
 @pytest.fixture(scope="module")
 def qa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path_factory.mktemp("cache"))
+    return ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def _long_paragraph() -> dict[str, Any]:
@@ -83,8 +83,8 @@ def _window_span(enc: Any, i: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     ("head", "labels", "n_labels"),
-    [("question_answering", None, 2), ("sequence_classification", ["negative", "positive"], 2),
-     ("token_classification", NER_LABELS, len(NER_LABELS))],
+    [("AutoModelForQuestionAnswering", None, 2), ("AutoModelForSequenceClassification", ["negative", "positive"], 2),
+     ("AutoModelForTokenClassification", NER_LABELS, len(NER_LABELS))],
 )
 def test_each_head_builds_loads_and_runs(tmp_path: Path, head: str, labels: list[str] | None, n_labels: int) -> None:
     path = ensure_builtin_model(NAME, head, labels=labels, cache_dir=tmp_path)
@@ -104,9 +104,9 @@ def test_each_head_builds_loads_and_runs(tmp_path: Path, head: str, labels: list
     with torch.no_grad():
         out = model(**batch)
     seq_len = batch["input_ids"].shape[1]
-    if head == "question_answering":
+    if head == "AutoModelForQuestionAnswering":
         assert out.start_logits.shape == out.end_logits.shape == (1, seq_len)
-    elif head == "sequence_classification":
+    elif head == "AutoModelForSequenceClassification":
         assert out.logits.shape == (1, n_labels)
     else:
         assert out.logits.shape == (1, seq_len, n_labels)
@@ -114,8 +114,8 @@ def test_each_head_builds_loads_and_runs(tmp_path: Path, head: str, labels: list
 
 
 def test_builds_are_deterministic(tmp_path: Path) -> None:
-    a = ensure_builtin_model(NAME, "token_classification", NER_LABELS, cache_dir=tmp_path / "a")
-    b = ensure_builtin_model(NAME, "token_classification", NER_LABELS, cache_dir=tmp_path / "b")
+    a = ensure_builtin_model(NAME, "AutoModelForTokenClassification", NER_LABELS, cache_dir=tmp_path / "a")
+    b = ensure_builtin_model(NAME, "AutoModelForTokenClassification", NER_LABELS, cache_dir=tmp_path / "b")
     assert a.name == b.name
     sa = AutoModelForTokenClassification.from_pretrained(a).state_dict()
     sb = AutoModelForTokenClassification.from_pretrained(b).state_dict()
@@ -128,34 +128,32 @@ def test_build_leaves_caller_rng_alone(tmp_path: Path) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path)
+    ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path)
+    first = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
     mtime = (first / "model.safetensors").stat().st_mtime_ns
 
     def no_rebuild(*args: Any) -> None:
         raise AssertionError("cache hit expected, but the model was rebuilt")
 
     monkeypatch.setattr(builtin, "_build", no_rebuild)
-    second = ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path)
+    second = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
     assert second == first
     assert (second / "model.safetensors").stat().st_mtime_ns == mtime
-    # Labels are ignored by a QA head, so they do not make a new cache entry.
-    assert ensure_builtin_model(NAME, "question_answering", ["x"], cache_dir=tmp_path) == first
 
 
 def test_labels_are_part_of_the_cache_key(tmp_path: Path) -> None:
-    a = ensure_builtin_model(NAME, "sequence_classification", ["a", "b"], cache_dir=tmp_path)
-    b = ensure_builtin_model(NAME, "sequence_classification", ["b", "a"], cache_dir=tmp_path)
+    a = ensure_builtin_model(NAME, "AutoModelForSequenceClassification", ["a", "b"], cache_dir=tmp_path)
+    b = ensure_builtin_model(NAME, "AutoModelForSequenceClassification", ["b", "a"], cache_dir=tmp_path)
     assert a != b
 
 
 def test_default_cache_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPUEVAL_CACHE", str(tmp_path / "env-cache"))
-    path = ensure_builtin_model(NAME, "question_answering")
+    path = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering")
     assert path.parent == tmp_path / "env-cache" / "builtin"
 
 
@@ -170,30 +168,30 @@ def test_losing_the_rename_race_uses_the_winner(tmp_path: Path, monkeypatch: pyt
         (winner / "winner").touch()
 
     monkeypatch.setattr(builtin, "_build", build_then_get_beaten)
-    path = ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path)
+    path = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
     assert (path / "winner").exists()
     assert [p.name for p in (tmp_path / "builtin").iterdir()] == [path.name]
 
 
 def test_partial_directory_is_reported(tmp_path: Path) -> None:
-    good = ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path)
+    good = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
     (good / "cpueval_builtin.json").unlink()
     with pytest.raises(RuntimeError, match="delete it"):
-        ensure_builtin_model(NAME, "question_answering", cache_dir=tmp_path)
+        ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
 
 
 def test_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown builtin model 'builtin:huge-bert'.*builtin:tiny-bert"):
-        ensure_builtin_model("builtin:huge-bert", "question_answering", cache_dir=tmp_path)
+        ensure_builtin_model("builtin:huge-bert", "AutoModelForQuestionAnswering", cache_dir=tmp_path)
 
 
 def test_unknown_head(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown head 'summarization'.*question_answering"):
+    with pytest.raises(ValueError, match=r"head 'summarization' .* not a transformers AutoModelFor\* class name"):
         ensure_builtin_model(NAME, "summarization", cache_dir=tmp_path)
 
 
-@pytest.mark.parametrize("head", ["sequence_classification", "token_classification"])
-@pytest.mark.parametrize("labels", [None, []])
+@pytest.mark.parametrize("head", ["AutoModelForSequenceClassification", "AutoModelForTokenClassification"])
+@pytest.mark.parametrize("labels", [[]])
 def test_missing_labels(tmp_path: Path, head: str, labels: list[str] | None) -> None:
     with pytest.raises(ValueError, match=f"head '{head}' needs labels"):
         ensure_builtin_model(NAME, head, labels=labels, cache_dir=tmp_path)
@@ -201,7 +199,7 @@ def test_missing_labels(tmp_path: Path, head: str, labels: list[str] | None) -> 
 
 def test_bad_labels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unique"):
-        ensure_builtin_model(NAME, "token_classification", ["O", "O"], cache_dir=tmp_path)
+        ensure_builtin_model(NAME, "AutoModelForTokenClassification", ["O", "O"], cache_dir=tmp_path)
     with pytest.raises(ValueError, match="non-empty strings"):
-        ensure_builtin_model(NAME, "token_classification", ["O", ""], cache_dir=tmp_path)
+        ensure_builtin_model(NAME, "AutoModelForTokenClassification", ["O", ""], cache_dir=tmp_path)
     assert not (tmp_path / "builtin").exists(), "nothing is built for a bad request"

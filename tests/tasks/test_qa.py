@@ -20,7 +20,7 @@ CONTEXT = " ".join(WORDS[i % len(WORDS)] + str(i) for i in range(120))  # unique
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = ensure_builtin_model("builtin:tiny-bert", "question_answering", cache_dir=tmp_path_factory.mktemp("m"))
+    path = ensure_builtin_model("builtin:tiny-bert", "AutoModelForQuestionAnswering", cache_dir=tmp_path_factory.mktemp("m"))
     return AutoTokenizer.from_pretrained(path)
 
 

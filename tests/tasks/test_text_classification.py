@@ -27,7 +27,7 @@ LABELS = {0: "negative", 1: "positive"}
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = ensure_builtin_model("builtin:tiny-bert", "sequence_classification", ["negative", "positive"],
+    path = ensure_builtin_model("builtin:tiny-bert", "AutoModelForSequenceClassification", ["negative", "positive"],
                                 cache_dir=tmp_path_factory.mktemp("m"))
     return AutoTokenizer.from_pretrained(path)
 

@@ -27,7 +27,7 @@ ID2LABEL = dict(enumerate(CONLL2003_LABELS))
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = ensure_builtin_model("builtin:tiny-bert", "token_classification", CONLL2003_LABELS,
+    path = ensure_builtin_model("builtin:tiny-bert", "AutoModelForTokenClassification", CONLL2003_LABELS,
                                 cache_dir=tmp_path_factory.mktemp("m"))
     return AutoTokenizer.from_pretrained(path)
 
