@@ -54,7 +54,7 @@ def drop(data: dict[str, Any], dotted: str) -> None:
 
 def _plain(node: Any) -> Any:
     if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
     return node
 
 

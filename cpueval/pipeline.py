@@ -185,7 +185,7 @@ class Run:
         self.timer = StageTimer()
         self.record = RunRecord(
             status="running", started_at=now(), config_hash=job_hash(cfg),
-            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),  # type: ignore[arg-type]
             requested=Requested(mode=cfg.mode.name, precision=cfg.precision.name), run_dir=str(self.run_dir),
             environment=records.parse(records.Environment, describe_environment()),  # the plug-ins' packages join later
             earlier_attempts=earlier_attempts(self.run_dir),  # interrupted/failed runs this one replaces

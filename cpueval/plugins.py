@@ -174,6 +174,11 @@ def names(group: str) -> list[str]:
     return sorted(infos, key=lambda n: (getattr(infos[n].load_class(), "order", 100), n))
 
 
+def reference(group: str) -> str:
+    """The group's reference plug-in (lowest `order`: eager, fp32), what others are compared with."""
+    return names(group)[0]
+
+
 def info(group: str, name: str) -> PluginInfo:
     infos = discover()[group]
     if name not in infos:
@@ -201,9 +206,18 @@ def build(node: Any) -> Plugin:
 
 
 def create(group: str, name: str, **fields_: Any) -> Plugin:
-    """A plug-in by group and name, with its schema's defaults and `fields_` overriding them."""
+    """A plug-in by group and name, with its schema's defaults and `fields_` overriding them, validated
+    as Hydra validates a composed config (types, choices)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     plugin = info(group, name)
-    config = plugin.load_schema()(**fields_)
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(plugin.load_schema()), fields_))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise UserError(f"{group}.{key}={fields_.get(str(key))!r}: {reason}") from None
     return plugin.load_class()(config)
 
 

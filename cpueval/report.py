@@ -31,7 +31,12 @@ from cpueval import plugins
 from cpueval.identity import digest, job_config, job_hash
 from cpueval.records import RESULTS_FILE, RunRecord, read_record
 
-DEFAULT_BASELINE = "mode=eager,precision=fp32"
+def default_baseline() -> str:
+    """The reference mode and precision (cpueval.plugins.reference): "mode=eager,precision=fp32"."""
+    return f"mode={plugins.reference('mode')},precision={plugins.reference('precision')}"
+
+
+
 DEFAULT_GATE = 0.99
 # Left out of a row's identity when looking for its baseline (beyond identity.NOT_IN_HASH): naming only.
 NOT_IDENTITY = ("experiment_name", "note")
@@ -145,7 +150,7 @@ def parse_baseline(spec: str) -> dict[str, str]:
     """"mode=eager,precision=fp32" -> {"mode": "eager", "precision": "fp32"}."""
     pairs = [part.strip().partition("=") for part in (spec or "").split(",") if part.strip()]
     if not pairs or any(not sep or not key.strip() for key, sep, _ in pairs):
-        raise ValueError(f"--baseline {spec!r}: expected key=value[,key=value], e.g. {DEFAULT_BASELINE}")
+        raise ValueError(f"--baseline {spec!r}: expected key=value[,key=value], e.g. {default_baseline()}")
     return {key.strip(): value.strip() for key, _, value in pairs}
 
 
@@ -177,10 +182,10 @@ def gate_metric_for(row: Mapping[str, Any], preferred: Optional[str]) -> Optiona
     return "f1" if "f1" in names else (names[0] if names else None)
 
 
-def add_baselines(df: pd.DataFrame, records: Sequence[Optional[RunRecord]], baseline: str = DEFAULT_BASELINE,
+def add_baselines(df: pd.DataFrame, records: Sequence[Optional[RunRecord]], baseline: Optional[str] = None,
                   gate: float = DEFAULT_GATE, gate_metric: Optional[str] = None) -> pd.DataFrame:
     """Adds baseline_job, speedup, gate_metric, metric_delta, gate (one per row, in df order)."""
-    spec = parse_baseline(baseline)
+    spec = parse_baseline(baseline or default_baseline())
     df = df.copy()
     df["_identity"] = [baseline_identity(r, spec) for r in records]
     df["_is_base"] = [r is not None and all(_config_value(r.config, k) == v for k, v in spec.items()) for r in records]
@@ -233,7 +238,7 @@ def _order(values: pd.Series, known: Sequence[str]) -> pd.Series:
     return values.map(lambda v: (known.index(v) if v in known else len(known), str(v)))
 
 
-def build_table(dirs: Iterable[Path], baseline: str = DEFAULT_BASELINE, gate: float = DEFAULT_GATE,
+def build_table(dirs: Iterable[Path], baseline: Optional[str] = None, gate: float = DEFAULT_GATE,
                 gate_metric: Optional[str] = None) -> pd.DataFrame:
     found = find_records(dirs)
     if not found:
@@ -535,7 +540,7 @@ _UMASK = _current_umask()
 
 
 # -- writing -----------------------------------------------------------------------------------------
-def write_report(dirs: Sequence[Path], out: Path, baseline: str = DEFAULT_BASELINE, gate: float = DEFAULT_GATE,
+def write_report(dirs: Sequence[Path], out: Path, baseline: Optional[str] = None, gate: float = DEFAULT_GATE,
                  gate_metric: Optional[str] = None) -> Path:
     """Table (CSV, parquet), plots and report.md in `out`; returns report.md's path."""
     out = Path(out)
@@ -546,7 +551,7 @@ def write_report(dirs: Sequence[Path], out: Path, baseline: str = DEFAULT_BASELI
     plots = [plot_throughput(df, out / "throughput.png"), plot_latency(df, out / "latency.png"),
              plot_scaling(df, out / "scaling.png")]
     names = [p.name for p in plots if p is not None]
-    return _write_text(out / "report.md", markdown(df, gate, baseline, names))
+    return _write_text(out / "report.md", markdown(df, gate, baseline or default_baseline(), names))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -556,7 +561,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
     parser.add_argument("--out", type=Path, help="output directory (default: DIR/report for one DIR, "
                         "else outputs/reports/<time>)")
-    parser.add_argument("--baseline", default=DEFAULT_BASELINE, help=f"baseline row selector (default {DEFAULT_BASELINE})")
+    parser.add_argument("--baseline", default=None, help="baseline row selector (default: the reference mode and "
+                        "precision, mode=eager,precision=fp32)")
     parser.add_argument("--gate", type=float, default=DEFAULT_GATE, help="accuracy gate: metric >= GATE x baseline's "
                         f"(default {DEFAULT_GATE})")
     parser.add_argument("--gate-metric", help="metric for delta and gate (default: f1 if reported, else the task's "

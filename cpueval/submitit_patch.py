@@ -52,6 +52,7 @@ def skip_done_before_submit() -> None:
         return [next(results) if ret is None else ret for ret in done]
 
     launch._cpueval_skips_done = True  # type: ignore[attr-defined]
+    launch.__wrapped_original__ = original  # type: ignore[attr-defined]
     BaseSubmititLauncher.launch = launch
 
 

@@ -70,7 +70,7 @@ class SweepCallback(Callback):  # type: ignore[misc]
     """Runs where the sweep was launched (not on the workers): notes the launch time, then at the
     end logs what ran, what failed and why, sets the exit code, and writes the sweep's report."""
 
-    def __init__(self, report: bool = True, baseline: str = "mode=eager,precision=fp32", gate: float = 0.99,
+    def __init__(self, report: bool = True, baseline: Optional[str] = None, gate: float = 0.99,
                  report_subdir: str = "report") -> None:
         self.report = report
         self.baseline = baseline

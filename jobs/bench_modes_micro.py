@@ -12,9 +12,12 @@ a compile combination prepared earlier recompiles on its first timed call here; 
 more (the median drops it), or measure compile combinations one per process with --only. Their
 recompiles are in the --json output (stats).
 
+Combinations are mode:precision[:field=value,...] (fields of the precision's config); the default is
+every registered mode x precision (cpueval.plugins), refused ones listed with their reason.
+
     .venv/bin/python jobs/bench_modes_micro.py                 # bert-base (BertConfig defaults), 8x384
-    .venv/bin/python jobs/bench_modes_micro.py --layers 2 --reps 3 --only eager:fp32 jit:fp32
-    .venv/bin/python jobs/bench_modes_micro.py --unchecked --only eager:int8:torchao   # a refused pair
+    .venv/bin/python jobs/bench_modes_micro.py --layers 2 --reps 3 --only eager:fp32 jit:fp32 eager:bf16:weights=cast
+    .venv/bin/python jobs/bench_modes_micro.py --unchecked --only eager:int8:backend=torchao   # a refused pair
 """
 
 from __future__ import annotations
@@ -31,25 +34,20 @@ from typing import Any
 
 import torch
 
+from cpueval import plugins
 from cpueval.environment import describe_environment, detect_capabilities, usable_cores
 from cpueval.errors import Refused
-from cpueval.modes._common import create_mode
+from cpueval.modes.base import PrepareContext
 from cpueval.parity import compare_outputs
-from cpueval.precisions import create_precision
 from cpueval.precisions.base import Precision
 
-# mode:precision[:option] ; the option is bf16's weights or int8's backend.
-DEFAULT_COMBOS = [
-    "eager:fp32", "jit:fp32", "compile:fp32",
-    "eager:bf16", "eager:bf16:cast", "jit:bf16", "compile:bf16",
-    "eager:int8", "jit:int8", "compile:int8", "compile:int8:torchao",
-]
-IPEX_COMBOS = ["ipex:fp32", "ipex_jit:fp32", "ipex:bf16", "ipex_jit:bf16"]
-OPTION_FIELD = {"bf16": "weights", "int8": "backend"}
+DEFAULT_COMBOS = [f"{m}:{p}" for m in plugins.names("mode") for p in plugins.names("precision")]
+REFERENCE = f"{plugins.names('mode')[0]}:{plugins.names('precision')[0]}"  # eager:fp32
 
 
-def make_precision(name: str, option: str | None) -> Precision:
-    return create_precision(name, **({OPTION_FIELD[name]: option} if option else {}))
+def make_precision(name: str, options: list[str]) -> Precision:
+    fields = dict(option.split("=", 1) for option in ",".join(options).split(",") if option)
+    return plugins.create("precision", name, **fields)  # type: ignore[return-value]
 
 
 def build_model(layers: int) -> torch.nn.Module:
@@ -69,17 +67,17 @@ def make_inputs(batch: int, length: int) -> dict[str, torch.Tensor]:
 
 
 def prepare_combo(combo: str, base: torch.nn.Module, inputs: dict, args: argparse.Namespace) -> dict[str, Any]:
-    mode_name, prec_name, *option = combo.split(":")
-    precision, mode = make_precision(prec_name, option[0] if option else None), create_mode(mode_name)
-    caps = detect_capabilities()
+    mode_name, prec_name, *options = combo.split(":")
+    precision, mode = make_precision(prec_name, options), plugins.create("mode", mode_name)
     try:
-        precision.check(caps, mode.name)
-        mode.check(caps, precision)
+        plugins.check_together(detect_capabilities(), mode, precision)
     except Refused as refused:
         if not args.unchecked:
             return {"combo": combo, "refused": str(refused)}
     start = time.perf_counter()
-    prepared = mode.prepare(precision.convert(copy.deepcopy(base)), precision, inputs)
+    model = copy.deepcopy(base)
+    prepared = mode.prepare(model if mode.implements(precision) else precision.convert(model), precision,
+                            PrepareContext(example=inputs, intra_op_threads=args.threads))
     prepare_s = time.perf_counter() - start
     for _ in range(args.warmup):
         outputs = prepared.forward(inputs)
@@ -103,7 +101,7 @@ def summarize(result: dict[str, Any], reference: Any) -> None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    base = next((r for r in results if r["combo"] == "eager:fp32" and "median_ms" in r), None)
+    base = next((r for r in results if r["combo"] == REFERENCE and "median_ms" in r), None)
     lines = [f"{'mode:precision':22s} {'wall ms':>8s} {'ratio':>6s} {'cpu ms':>8s} {'ratio':>6s} {'prep s':>7s} "
              f"{'max|diff|':>9s} {'argmax=':>7s}"]
     for r in results:
@@ -125,17 +123,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=usable_cores())
-    parser.add_argument("--only", nargs="+", help="combinations mode:precision[:option] (default: all that run here); "
-                        "ratios and parity are against eager:fp32, or the first one if it is absent")
+    parser.add_argument("--only", nargs="+", help="combinations mode:precision[:field=value,...] (default: every "
+                        "registered pair); ratios and parity are against eager:fp32, or the first one if it is absent")
     parser.add_argument("--unchecked", action="store_true", help="measure refused combinations anyway (if they run)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    combos = args.only or DEFAULT_COMBOS + IPEX_COMBOS
-    if "eager:fp32" in combos:  # the reference for ratios and parity: prepared first
-        combos = ["eager:fp32"] + [c for c in combos if c != "eager:fp32"]
+    combos = args.only or DEFAULT_COMBOS
+    if REFERENCE in combos:  # the reference for ratios and parity: prepared first
+        combos = [REFERENCE] + [c for c in combos if c != REFERENCE]
     env = describe_environment()
     print(f"# {env['cpu_model']}, {args.threads} threads, torch {torch.__version__}, "
           f"BERT {args.layers} layers, batch {args.batch}x{args.length}, load {os.getloadavg()[0]:.1f}", flush=True)
@@ -153,7 +151,7 @@ def main() -> None:
         for result in running:
             time_call(result, inputs)
         print(f"round {round_ + 1}/{args.reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
-    reference = next((r["outputs"] for r in running if r["combo"] == "eager:fp32"), running[0]["outputs"])
+    reference = next((r["outputs"] for r in running if r["combo"] == REFERENCE), running[0]["outputs"])
     for result in running:
         summarize(result, reference)
     print(f"\n# load average at the end: {os.getloadavg()[0]:.1f}\n{table(results)}")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ContextManager
 
 import torch
 
-from cpueval.precisions._common import require_choice
 from cpueval.precisions.base import Precision, PrecisionConfig
 
-WEIGHTS = ("autocast", "cast")
+
+
+class Bf16Weights(StrEnum):
+    autocast = "autocast"
+    cast = "cast"
+
 EMULATED = "bf16 is emulated on this CPU (no AVX512-BF16/AMX-BF16): expect it slower than fp32"
 
 
@@ -21,7 +26,7 @@ class Bf16Config(PrecisionConfig):
     name: str = "bf16"
     # autocast: fp32 weights, matmuls run in bf16 under torch.autocast (softmax/layernorm stay fp32).
     # cast: model.to(bfloat16), everything in bf16 (half the weight memory, less accurate).
-    weights: str = "autocast"
+    weights: Bf16Weights = Bf16Weights.autocast
 
 
 SCHEMA = Bf16Config
@@ -31,10 +36,6 @@ class Bf16Precision(Precision):
     native_with = ("avx512_bf16", "amx_bf16")
     emulated_note = EMULATED
     order = 10
-
-    def __init__(self, config: Bf16Config):
-        super().__init__(config)
-        require_choice("precision.weights", config.weights, WEIGHTS)
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(torch.bfloat16) if self.config.weights == "cast" else model

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 import torch
@@ -24,7 +25,6 @@ import torch
 from cpueval.environment import Capabilities
 from cpueval.errors import UserError
 from cpueval.plugins import Plugin, Requirement
-from cpueval.precisions._common import require_choice
 from cpueval.precisions.base import Precision, PrecisionConfig
 
 # backend -> {mode: why it is refused}; a backend's modes absent here are allowed.
@@ -41,8 +41,17 @@ REFUSED_MODES: dict[str, dict[str, str]] = {
 TORCHAO_MODES = ("compile",)
 TORCHAO_ONLY = "torchao int8 tensor subclasses run only under mode=compile here"
 TORCHAO = Requirement("torchao", "torchao", "pip install 'cpueval[int8]' (torchao>=0.12)")
-BACKENDS = tuple(REFUSED_MODES)
-WEIGHTS = ("per_channel", "per_tensor")
+
+
+class Int8Backend(StrEnum):
+    ao_dynamic = "ao_dynamic"
+    torchao = "torchao"
+
+
+class WeightScales(StrEnum):
+    per_channel = "per_channel"
+    per_tensor = "per_tensor"
+
 NOT_NATIVE = "int8 is not native on this CPU (no VNNI/AMX-INT8): quantized matmuls may be slower than fp32"
 AO_DEPRECATED = (
     "int8 backend ao_dynamic uses torch.ao.quantization.quantize_dynamic, which torch deprecates in favour of "
@@ -55,9 +64,9 @@ class Int8Config(PrecisionConfig):
     _target_: str = "cpueval.precisions.int8.Int8Precision"
     name: str = "int8"
     # ao_dynamic: torch.ao quantize_dynamic (eager, jit, compile). torchao: torchao int8 dynamic (compile only).
-    backend: str = "ao_dynamic"
+    backend: Int8Backend = Int8Backend.ao_dynamic
     # per_channel: one scale per output channel (row). per_tensor: one per weight (ao_dynamic only).
-    weights: str = "per_channel"
+    weights: WeightScales = WeightScales.per_channel
     # Linear layers left in fp32: fnmatch patterns on qualified names (e.g. qa_outputs, "*.output.dense").
     skip_modules: list[str] = field(default_factory=list)
 
@@ -72,8 +81,6 @@ class Int8Precision(Precision):
 
     def __init__(self, config: Int8Config):
         super().__init__(config)
-        require_choice("precision.backend", config.backend, BACKENDS)
-        require_choice("precision.weights", config.weights, WEIGHTS)
         if config.backend == "torchao" and config.weights != "per_channel":
             raise UserError("precision.weights=per_tensor needs backend=ao_dynamic: backend=torchao quantizes "
                             "weights per channel (and activations per token)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -33,7 +34,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedModel, PreTr
 
 from cpueval.data import register_reader
 from cpueval.errors import UserError
-from cpueval.metrics.token_classification import MODES, SCHEMES, token_classification_metrics
+from cpueval.metrics.token_classification import token_classification_metrics
 from cpueval.records import write_lines_atomic
 from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig, with_string_ids
 
@@ -43,6 +44,16 @@ IGNORED = -100  # label of sub-tokens that are not a word's first (the value tra
 _IOB_TAG = re.compile(r"O|[BI]-.+")
 
 
+class Scheme(StrEnum):
+    IOB1 = "IOB1"
+    IOB2 = "IOB2"
+
+
+class Scoring(StrEnum):
+    default = "default"
+    strict = "strict"
+
+
 @dataclass
 class TokenClassificationConfig(TaskConfig):
     _target_: str = "cpueval.tasks.token_classification.TokenClassification"
@@ -50,10 +61,10 @@ class TokenClassificationConfig(TaskConfig):
     max_seq_length: int = 256
     # sub-tokens shared by consecutive windows of a sentence longer than max_seq_length
     stride: int = 32
-    scheme: str = "IOB2"  # IOB1 | IOB2: the gold data's tagging scheme
-    mode: str = "default"  # default (conlleval, lenient) | strict (task.scheme's rules)
+    scheme: Scheme = Scheme.IOB2  # IOB1 | IOB2: the gold data's tagging scheme
+    mode: Scoring = Scoring.default  # default (conlleval, lenient) | strict (task.scheme's rules)
     # the scheme the model predicts in (null: task.scheme); predictions are re-encoded when they differ
-    model_scheme: Optional[str] = None
+    model_scheme: Optional[Scheme] = None
     # names of integer tags (tag i is label_list[i]); null: the data's ClassLabel names, else model ids
     label_list: Optional[list[str]] = None
     # data tag -> model label, e.g. B-PERSON -> B-PER
@@ -76,11 +87,6 @@ class TokenClassification(Task):
     def validate_config(self) -> None:
         super().validate_config()
         c = self.config
-        for key, value in (("scheme", c.scheme), ("model_scheme", c.model_scheme or c.scheme)):
-            if value not in SCHEMES:
-                raise UserError(f"task.{key}={value} must be one of {', '.join(SCHEMES)}")
-        if c.mode not in MODES:
-            raise UserError(f"task.mode={c.mode} must be one of {', '.join(MODES)}")
         if not 0 <= c.stride < c.max_seq_length // 2:
             raise UserError(f"task.stride={c.stride} must be >= 0 and below half of task.max_seq_length="
                             f"{c.max_seq_length}, so that windows move forward")

@@ -54,3 +54,23 @@ def test_options_are_typed():
     assert cfg.mode.dynamic is False and cfg.mode.freezing is True and cfg.precision.backend == "torchao"
     with pytest.raises(Exception, match="freezing"):
         compose_group(["mode=compile", "mode.freezing=maybe"])
+
+
+@pytest.mark.parametrize("override, valid", [
+    ("precision=int8 precision.backend=fbgemm", "ao_dynamic, torchao"),
+    ("precision=int8 precision.weights=per_row", "per_channel, per_tensor"),
+    ("precision=bf16 precision.weights=half", "autocast, cast"),
+    ("task=token_classification task.scheme=BIO", "IOB1, IOB2"),
+    ("task=token_classification task.mode=lenient", "default, strict"),
+])
+def test_choice_typos_fail_at_composition_naming_the_valid_values(override, valid):
+    with pytest.raises(Exception) as failure:
+        compose_group(override.split())
+    assert f"Invalid value '{override.rpartition('=')[2]}', expected one of [{valid}]" in str(failure.value.__cause__)
+
+
+def test_choices_compose_and_hash_as_plain_strings():
+    from cpueval import identity
+
+    cfg = compose_group(["precision=int8", "precision.backend=torchao"])
+    assert identity.job_config(cfg)["precision"]["backend"] == "torchao"

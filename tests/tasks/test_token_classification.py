@@ -239,8 +239,10 @@ def test_scheme_matters_only_in_strict_mode(tokenizer):
                                             ({"stride": 200}, "task.stride"),
                                             ({"model_scheme": "IOB3"}, "task.model_scheme")])
 def test_bad_settings_are_refused(overrides, key):
+    from cpueval import plugins
+
     with pytest.raises(UserError, match=key):
-        TokenClassification(TokenClassificationConfig(**overrides)).validate_config()
+        plugins.create("task", "token_classification", **overrides).validate_config()
 
 
 def test_predictions_file_is_conll(tokenizer, tmp_path):
