@@ -32,7 +32,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching, plugins, records
+from cpueval import batching, calibration, plugins, records
 from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.environment import detect_capabilities, describe_environment, usable_cores
 from cpueval.errors import Refused, UserError
@@ -196,6 +196,7 @@ class Run:
         self.check_plugins()    # config -> task, mode, precision; refusals before anything loads
         self.load_model()       # model + tokenizer
         self.load_data()        # examples, checked against the task's columns
+        self.calibration_data() # static quantization's calibration batches, if the mode or precision needs them
         self.tokenize()         # features, cached by content
         self.make_batches()     # length-bucketed, dynamically padded
         self.prepare()          # precision conversion + mode preparation (trace/compile/export + warm-up calls)
@@ -250,6 +251,33 @@ class Run:
         self.record.data = DataInfo(source=source, split=self.cfg.data.split, num_examples=len(self.examples),
                                     fingerprint=self.examples_fp)
 
+    def calibration_data(self) -> None:
+        self.calibration: Optional[list[Any]] = None
+        if not (self.mode.needs_calibration(self.precision) or self.precision.needs_calibration(self.mode)):
+            return
+        settings = getattr(self.precision.config, "calibration", None)
+        if settings is None:
+            raise UserError(f"mode={self.mode.name} precision={self.precision.name} needs calibration data, but "
+                            f"precision={self.precision.name} has no calibration settings")
+        with self.timer.stage("calibration"):
+            chosen = calibration.choose(settings, OmegaConf.to_object(self.cfg.data), self.examples,
+                                        load=self._load_prepared, ids_of=lambda d: [str(i) for i in d["id"]])
+            features, _ = tokenize_cached(self.task, chosen.examples, fingerprint(chosen.examples),
+                                          self.loaded.tokenizer, self.loaded.identity["tokenizer_sha256"],
+                                          self.rt.cache_dir)
+            self.calibration = [b.inputs for b in make_batches(features, self.loaded.tokenizer, self.task, self.rt)]
+        if chosen.info["left_out_of_scoring"]:
+            self.examples, self.examples_fp = chosen.scored, fingerprint(chosen.scored)
+            self.record.data.num_examples, self.record.data.fingerprint = len(self.examples), self.examples_fp
+            self.record.warnings.append(f"{chosen.info['examples']} examples calibrated and were left out of scoring "
+                                        "(precision.calibration.source=held_out): compare with other jobs carefully")
+        self.record.data.calibration = records.CalibrationInfo(**chosen.info, fingerprint=fingerprint(chosen.examples))
+
+    def _load_prepared(self, data_config: Any) -> datasets.Dataset:
+        examples, source = load_examples(data_config)
+        require_columns(examples, self.task.required_columns, source)
+        return self.task.prepare_examples(examples, source)
+
     def tokenize(self) -> None:
         with self.timer.stage("tokenize"):
             self.features, cache = tokenize_cached(self.task, self.examples, self.examples_fp, self.loaded.tokenizer,
@@ -269,7 +297,7 @@ class Run:
         rt, mode, precision = self.rt, self.mode, self.precision
         self.reference = copy.deepcopy(self.loaded.model) if rt.parity_batches > 0 else None
         ctx = PrepareContext(example=self.batches[0].inputs, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
-                             model_sha256=self.loaded.identity["weights_sha256"],
+                             model_sha256=self.loaded.identity["weights_sha256"], calibration=self.calibration,
                              intra_op_threads=self.record.threads.intra_op_threads, inter_op_threads=rt.inter_op_threads)
         with self.timer.stage("prepare"):
             model = self.loaded.model if mode.implements(precision) else precision.convert(self.loaded.model)

@@ -106,6 +106,18 @@ class ModelInfo:
 
 
 @dataclass
+class CalibrationInfo:
+    """The examples that calibrated static quantization (cpueval/calibration.py)."""
+
+    source: str  # unscored | held_out | path
+    examples: int
+    left_out_of_scoring: bool  # held_out: these were taken out of the scored set
+    method: str
+    ids: list[str]
+    fingerprint: str
+
+
+@dataclass
 class DataInfo:
     source: str
     split: Optional[str]
@@ -116,6 +128,7 @@ class DataInfo:
     num_batches: Optional[int] = None
     real_tokens: Optional[int] = None
     padding_share: Optional[float] = None
+    calibration: Optional[CalibrationInfo] = None
 
 
 @dataclass
@@ -126,6 +139,7 @@ class Timing:
     data_load: Optional[float] = None
     tokenize: Optional[float] = None
     batching: Optional[float] = None
+    calibration: Optional[float] = None  # choosing, tokenizing and batching the calibration examples
     prepare: Optional[float] = None
     warmup: Optional[float] = None
     forward_loop: Optional[float] = None

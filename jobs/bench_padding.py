@@ -33,17 +33,16 @@ def main(extra: list[str]) -> None:
             cfg = compose("config", overrides=[*DEFAULTS, *extra, *overrides])
             print(f"running {name} ...", file=sys.stderr, flush=True)
             records[name] = execute(cfg, out / name.replace("+", "_"))
-    headline = records["dynamic+bucketing"]["headline_metrics"]
-    base = records["pad_to_max_length"]["throughput"]["forward_examples_per_s"]
-    print(f"\n{records['dynamic+bucketing']['environment']['cpu_model']}, "
-          f"{records['dynamic+bucketing']['actual']['intra_op_threads']} threads, "
-          f"{records['dynamic+bucketing']['data']['num_examples']} examples")
+    dynamic, fixed = records["dynamic+bucketing"], records["pad_to_max_length"]
+    headline, base = dynamic.headline_metrics, fixed.throughput.forward_examples_per_s
+    print(f"\n{dynamic.environment.cpu_model}, {dynamic.threads.intra_op_threads} threads, "
+          f"{dynamic.data.num_examples} examples")
     print(f"| variant | forward examples/s | ratio | padding computed | {' | '.join(headline)} |")
     print("|---|---|---|---|" + "---|" * len(headline))
     for name, record in records.items():
-        speed = record["throughput"]["forward_examples_per_s"]
-        metrics = " | ".join(f"{record['metrics'][m]:.2f}" for m in headline)
-        print(f"| {name} | {speed:.2f} | {speed / base:.2f}x | {record['data']['padding_share'] * 100:.1f}% | {metrics} |")
+        speed = record.throughput.forward_examples_per_s
+        metrics = " | ".join(f"{record.metrics[m]:.2f}" for m in headline)
+        print(f"| {name} | {speed:.2f} | {speed / base:.2f}x | {record.data.padding_share * 100:.1f}% | {metrics} |")
     print(f"\nrecords: {out}")
 
 

@@ -79,6 +79,10 @@ class Mode(Plugin):
     def implements(self, precision: "Precision") -> bool:
         return precision.name in self.own_precisions
 
+    def needs_calibration(self, precision: "Precision") -> bool:
+        """Whether preparing with this precision needs calibration batches (static quantization)."""
+        return False
+
     def check(self, caps: Capabilities, precision: "Precision") -> None:
         """Raise cpueval.errors.Refused (before the model loads) if this cannot run here."""
 

@@ -37,6 +37,10 @@ class Precision(Plugin):
         """Raise cpueval.errors.Refused if this precision cannot run with this mode on this CPU;
         call self.warn() for facts the user must see."""
 
+    def needs_calibration(self, mode: "Mode") -> bool:
+        """Whether convert() needs calibration batches with this mode (static quantization)."""
+        return False
+
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         """Return the model with this precision's weights (cast or quantized)."""
         return model

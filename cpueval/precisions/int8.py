@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from cpueval.calibration import CalibrationConfig
 from cpueval.environment import Capabilities
 from cpueval.errors import UserError
 from cpueval.plugins import Plugin, Requirement
@@ -69,6 +70,8 @@ class Int8Config(PrecisionConfig):
     weights: WeightScales = WeightScales.per_channel
     # Linear layers left in fp32: fnmatch patterns on qualified names (e.g. qa_outputs, "*.output.dense").
     skip_modules: list[str] = field(default_factory=list)
+    # Calibration data, for the static int8 a mode may run (e.g. mode=openvino: NNCF). See cpueval/calibration.py.
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 SCHEMA = Int8Config
