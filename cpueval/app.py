@@ -1,5 +1,6 @@
-"""Command-line entry: `cpueval [group=option ...] [key=value ...] [--multirun]` (a Hydra app)
-and `cpueval report DIR...` (aggregate results of runs and sweeps)."""
+"""Command-line entry: `cpueval [group=option ...] [key=value ...] [--multirun]` (a Hydra app),
+`cpueval report DIR...` (aggregate results of runs and sweeps) and `cpueval mlflow DIR...` (import
+them into MLflow)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cpueval import sweep
-from cpueval.config import register_configs
 from cpueval.errors import UserError
 from cpueval.launcher_errors import launcher_errors_in_one_line
 
@@ -95,6 +95,12 @@ def main() -> None:
         from cpueval.report import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "mlflow":
+        from cpueval.mlflow_import import main as mlflow_main
+
+        sys.exit(mlflow_main(sys.argv[2:]))
+    from cpueval.config import register_configs  # imports torch and transformers: not for the subcommands
+
     register_configs()
     sweep.register_resolvers()
     with launcher_errors_in_one_line():
