@@ -250,6 +250,23 @@ def _one_writer(uri: str) -> Iterator[None]:
         yield
 
 
+# MLflow settings for the import (unless the user set them), restored afterwards: a failing request
+# is retried 7 times with growing waits by default (about 4 minutes for a server that is down), and
+# ending a run on a server prints its URL to stdout (one line per job, around the summary line).
+IMPORT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+@contextlib.contextmanager
+def _import_env() -> Iterator[None]:
+    added = {name: value for name, value in IMPORT_ENV.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def _quiet_mlflow_logs() -> None:
     """The store's creation and migrations log at INFO on every first use; the summary line says enough."""
     for name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
@@ -301,7 +318,7 @@ def import_dirs(dirs: Sequence[Path], tracking_uri: Optional[str] = None,
     _quiet_mlflow_logs()
     uri = resolve_tracking_uri(tracking_uri)
     summary = ImportSummary(uri, experiment)
-    with _one_writer(uri):
+    with _one_writer(uri), _import_env():
         client = MlflowClient(tracking_uri=uri)
         experiment_id = _experiment_id(client, experiment, uri)
         parents: dict[Path, str] = {}
