@@ -48,6 +48,9 @@ BATCH = 100  # params or tags per log_batch call (MLflow's limit; metrics allow 
 # The record's sections whose numbers become metrics, under their results.json paths.
 METRIC_SECTIONS = ("metrics", "throughput", "latency_ms", "timing", "memory", "parity")
 EXTRA_METRICS = ("data.padding_share",)
+# The importer's own bookkeeping tags: never dropped as "no longer in the record".
+KEPT_TAGS = frozenset(TAG + name for name in ("job_hash", "job_dir", "kind", "record_sha256", "sweep_key",
+                                              "sweep_dir", "report_sha256"))
 # MLflow run status per record status; a record still `running` (in progress, or killed) stays RUNNING.
 RUN_STATUS = {"ok": "FINISHED", "failed": "FAILED", "refused": "FAILED", "interrupted": "FAILED",
               "running": "RUNNING"}
@@ -297,7 +300,6 @@ class ImportSummary:
     updated: int = 0
     unchanged: int = 0
     unreadable: list[str] = field(default_factory=list)
-    run_ids: dict[str, str] = field(default_factory=dict)  # job dir -> MLflow run id
 
     def line(self) -> str:
         extra = f", {len(self.unreadable)} unreadable skipped" if self.unreadable else ""
@@ -331,9 +333,8 @@ def import_dirs(dirs: Sequence[Path], tracking_uri: Optional[str] = None,
             sweep_dir = _sweep_dir(job_dir)
             if sweep_dir is not None and sweep_dir not in parents:
                 parents[sweep_dir] = _import_sweep(client, experiment_id, sweep_dir, job_dir, record)
-            outcome, run_id = _import_job(client, experiment_id, job_dir, record, job, parents.get(sweep_dir))
+            outcome = _import_job(client, experiment_id, job_dir, record, job, parents.get(sweep_dir))
             setattr(summary, outcome, getattr(summary, outcome) + 1)
-            summary.run_ids[str(job_dir)] = run_id
     return summary
 
 
@@ -348,13 +349,13 @@ def _find_run(client: Any, experiment_id: str, tags: Mapping[str, str]) -> Optio
 
 
 def _import_job(client: Any, experiment_id: str, job_dir: Path, record: Mapping[str, Any], job: str,
-                parent_id: Optional[str]) -> tuple[str, str]:
-    """("created" | "updated" | "unchanged", run id)."""
+                parent_id: Optional[str]) -> str:
+    """"created", "updated" or "unchanged"."""
     identity = {TAG + "job_hash": job, TAG + "job_dir": _recorded_dir(job_dir, record)[:MAX_TAG_VALUE]}
     digest = record_digest(record)
     run = _find_run(client, experiment_id, identity)
     if run is not None and run.data.tags.get(TAG + "record_sha256") == digest:
-        return "unchanged", run.info.run_id
+        return "unchanged"
     outcome = "updated" if run is not None else "created"
     if run is None:
         tags = {**identity, TAG + "kind": "job"}
@@ -374,7 +375,7 @@ def _import_job(client: Any, experiment_id: str, job_dir: Path, record: Mapping[
         client.log_artifact(run_id, str(path))
     _set_status(client, run_id, record, job_dir.name)
     client.set_tag(run_id, TAG + "record_sha256", digest)  # last: an import cut short is redone next time
-    return outcome, run_id
+    return outcome
 
 
 def _log(client: Any, run: Any, params: Mapping[str, str], metrics: Mapping[str, float], tags: Mapping[str, str],
@@ -399,14 +400,9 @@ def _log(client: Any, run: Any, params: Mapping[str, str], metrics: Mapping[str,
     for start in range(0, len(metric_list), 1000):
         client.log_batch(run_id, metrics=metric_list[start:start + 1000])
     for key in run.data.tags:
-        if key.startswith(TAG) and key not in tags and not _is_identity(key):
+        if key.startswith(TAG) and key not in tags and key not in KEPT_TAGS:
             client.delete_tag(run_id, key)
     return conflicts
-
-
-def _is_identity(key: str) -> bool:
-    return key in (TAG + "job_hash", TAG + "job_dir", TAG + "kind", TAG + "record_sha256", TAG + "sweep_dir",
-                   TAG + "sweep_key", TAG + "report_sha256")
 
 
 def _set_status(client: Any, run_id: str, record: Mapping[str, Any], name: str) -> None:
