@@ -1,5 +1,6 @@
 """Command-line entry: `cpueval [group=option ...] [key=value ...] [--multirun]` (a Hydra app),
-`cpueval report DIR...` (aggregate results of runs and sweeps) and `cpueval plugins` (what can run here)."""
+`cpueval report DIR...` (aggregate results of runs and sweeps), `cpueval plugins` (what can run here)
+and `cpueval mlflow DIR...` (import runs and sweeps into MLflow)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cpueval import identity, plugins, resume, signals, sweep_callback
-from cpueval.config import register_configs
 from cpueval.errors import UserError
 from cpueval.launcher_errors import launcher_errors_in_one_line
 
@@ -93,6 +93,7 @@ hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version
 SUBCOMMANDS = {
     "report": "cpueval.report",
     "plugins": "cpueval.plugin_table",
+    "mlflow": "cpueval.mlflow_import",
 }
 
 
@@ -101,6 +102,8 @@ def main() -> None:
         import importlib
 
         sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+    from cpueval.config import register_configs  # imports torch and transformers: not for the subcommands
+
     plugins.add_search_dirs(plugins.search_dirs_from_argv(sys.argv[1:]))
     register_configs()
     identity.register_resolvers()

@@ -12,7 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import torch
 
 # /proc/cpuinfo flag -> the name we report. Order is the order shown to users.
 ISA_FLAGS = {
@@ -67,6 +66,8 @@ def _read_cpuinfo() -> tuple[str, set[str]]:
 
 @lru_cache(maxsize=1)
 def detect_capabilities() -> Capabilities:
+    import torch  # here, not at module level: subcommands that read records never load torch
+
     model, raw_flags = _read_cpuinfo()
     flags = frozenset(name for raw, name in ISA_FLAGS.items() if raw in raw_flags)
     return Capabilities(
