@@ -29,6 +29,11 @@ MODEL_FILE = "model.onnx"
 INTEGER_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm"}
 
 
+# quantize_dynamic first rewrites a Gemm node G (a 2-D Linear: BERT's pooler, a classifier) as MatMul
+# "G_MatMul" + Add, and quantizes that only if named in nodes_to_quantize.
+GEMM_AS_MATMUL = "{}_MatMul"
+
+
 def linear_nodes(path: Path) -> dict[str, Optional[str]]:
     """MatMul/Gemm nodes with a constant weight -> the torch module they came from (None if unrecorded)."""
     import onnx
@@ -38,6 +43,14 @@ def linear_nodes(path: Path) -> dict[str, Optional[str]]:
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     return {node.name: _module_name(node) for node in graph.node
             if node.op_type in ("MatMul", "Gemm") and any(i in constants for i in node.input)}
+
+
+def _original(name: str, nodes: dict[str, Optional[str]]) -> str:
+    """The module (else node) a node of the quantized graph stands for."""
+    for candidate in (name, name.removesuffix(GEMM_AS_MATMUL.format(""))):
+        if candidate in nodes:
+            return nodes[candidate] or candidate
+    return name
 
 
 def _module_name(node: Any) -> Optional[str]:
@@ -50,8 +63,8 @@ def _module_name(node: Any) -> Optional[str]:
     return scopes[-2] if isinstance(scopes, list) and len(scopes) >= 2 else None
 
 
-def plan(path: Path, precision: Precision) -> tuple[list[str], list[str], list[str]]:
-    """(nodes to quantize, nodes left fp32, modules left fp32) for the int8 precision's settings."""
+def plan(path: Path, precision: Precision) -> tuple[dict[str, Optional[str]], list[str], list[str]]:
+    """(every Linear node -> module, nodes to quantize, nodes precision.skip_modules leaves fp32)."""
     nodes = linear_nodes(path)
     if not nodes:
         raise RuntimeError("the exported graph has no MatMul/Gemm with constant weights to quantize")
@@ -62,7 +75,7 @@ def plan(path: Path, precision: Precision) -> tuple[list[str], list[str], list[s
                         f"module for nodes {unnamed[:3]}; leave precision.skip_modules empty for mode=onnxruntime")
     skipped = cache.skipped_modules([m for m in nodes.values() if m], patterns)
     excluded = [n for n, module in nodes.items() if module in skipped]
-    return [n for n in nodes if n not in excluded], excluded, skipped
+    return nodes, [n for n in nodes if n not in excluded], excluded
 
 
 def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, config: Any,
@@ -72,9 +85,10 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     import onnxruntime
 
     weights, _ = cache.int8_settings(precision)
-    chosen, excluded, skipped = plan(path, precision)
+    nodes, chosen, excluded = plan(path, precision)
     static = config.int8 == "static"
-    settings = {"method": config.int8, "per_channel": weights == "per_channel", "nodes": chosen}
+    settings = {"method": config.int8, "per_channel": weights == "per_channel",
+                "nodes": chosen + [GEMM_AS_MATMUL.format(n) for n in chosen]}
     if static:
         settings.update(calibration_method=config.calibration_method, activation_symmetric=config.activation_symmetric,
                         calibration=cache.tensors_digest(ctx.calibration or []))
@@ -86,10 +100,14 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     if count == 0:
         entry.cleanup()
         raise RuntimeError(f"ONNX Runtime's quantize_{config.int8} left no integer node in the model")
+    # What really stayed fp32: the skipped ones, and any the quantizer declined.
+    kept = list(linear_nodes(entry.path / MODEL_FILE))
     details = {
         "backend": f"onnxruntime.quantization.quantize_{config.int8}", "method": config.int8, "weights": weights,
         "per_channel": settings["per_channel"], "activations": _activations(config, static),
-        "quantized_linear": len(chosen), "fp32_linear": skipped, "nodes_excluded": excluded,
+        "quantized_linear": len(nodes) - len(kept), "fp32_linear": [_original(n, nodes) for n in kept],
+        "nodes_excluded": excluded,
+        "declined_by_quantizer": [_original(n, nodes) for n in kept if n not in excluded],
         "quantized_node_count": count,
     }
     if static:
