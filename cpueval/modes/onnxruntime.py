@@ -156,7 +156,7 @@ def export_onnx(model: torch.nn.Module, example: Inputs, path: Path, opset: Opti
     names = cache.output_names(model, example)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic = {name: ({0: batch, 1: sequence} if t.dim() >= 2 else {0: batch}) for name, t in example.items()}
-    with cache.quiet("torch.onnx", "torch.export"):
+    with cache.quiet("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
         torch.onnx.export(model, args=(), kwargs=dict(example), f=str(path), dynamo=True, dynamic_shapes=dynamic,
                           output_names=names, opset_version=opset, verbose=False, optimize=True)
     if not path.exists():
