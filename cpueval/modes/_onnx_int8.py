@@ -87,10 +87,11 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     weights, _ = cache.int8_settings(precision)
     nodes, chosen, excluded = plan(path, precision)
     static = config.int8 == "static"
+    method = calibration_method(precision)
     settings = {"method": config.int8, "per_channel": weights == "per_channel",
                 "nodes": chosen + [GEMM_AS_MATMUL.format(n) for n in chosen]}
     if static:
-        settings.update(calibration_method=config.calibration_method, activation_symmetric=config.activation_symmetric,
+        settings.update(calibration_method=method, activation_symmetric=config.activation_symmetric,
                         calibration=cache.tensors_digest(ctx.calibration or []))
     material = {"what": "onnxruntime.quantization", "export": export.path.name, **settings,
                 "onnxruntime": onnxruntime.__version__}
@@ -104,22 +105,28 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     kept = list(linear_nodes(entry.path / MODEL_FILE))
     details = {
         "backend": f"onnxruntime.quantization.quantize_{config.int8}", "method": config.int8, "weights": weights,
-        "per_channel": settings["per_channel"], "activations": _activations(config, static),
+        "per_channel": settings["per_channel"], "activations": _activations(config, static, method),
         "quantized_linear": len(nodes) - len(kept), "fp32_linear": [_original(n, nodes) for n in kept],
         "nodes_excluded": excluded,
         "declined_by_quantizer": [_original(n, nodes) for n in kept if n not in excluded],
         "quantized_node_count": count,
     }
     if static:
-        details.update(calibration_batches=len(ctx.calibration or []), calibration_method=config.calibration_method)
+        details.update(calibration_batches=len(ctx.calibration or []), calibration_method=method)
     return entry, details
 
 
-def _activations(config: Any, static: bool) -> str:
+def calibration_method(precision: Precision) -> str:
+    """precision.calibration.method (minmax, entropy, percentile): one setting for every static int8."""
+    calibration = getattr(precision.config, "calibration", None)
+    return str(getattr(calibration, "method", "minmax"))
+
+
+def _activations(config: Any, static: bool, method: str) -> str:
     if not static:
         return "per_tensor, quantized per call (uint8)"
     symmetry = "symmetric" if config.activation_symmetric else "asymmetric"
-    return f"per_tensor, calibrated ({config.calibration_method}, int8 {symmetry})"
+    return f"per_tensor, calibrated ({method}, int8 {symmetry})"
 
 
 def _quantize(source: Path, target: Path, settings: dict[str, Any], calibration: Optional[Sequence[Inputs]]) -> None:

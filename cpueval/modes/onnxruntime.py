@@ -37,7 +37,6 @@ BF16_REFUSED = "ONNX Runtime's CPU provider has no bf16 kernels faster than fp32
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 INT8_METHODS = ("dynamic", "static")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MODEL_FILE = "model.onnx"
 
 
@@ -52,8 +51,6 @@ class OnnxRuntimeConfig(ModeConfig):
     # precision=int8: dynamic (quantize_dynamic: activations quantized per call) or static (quantize_static,
     # QDQ, activation scales calibrated beforehand on precision.calibration's batches).
     int8: str = "dynamic"
-    # int8=static: how activation ranges are calibrated: minmax, entropy, percentile.
-    calibration_method: str = "minmax"
     # int8=static: symmetric activation ranges (zero point 0).
     activation_symmetric: bool = True
 
@@ -77,7 +74,6 @@ class OnnxRuntimeMode(GuardedMode):
         super().__init__(config)
         _choice("graph_optimization_level", config.graph_optimization_level, OPT_LEVELS)
         _choice("int8", config.int8, INT8_METHODS)
-        _choice("calibration_method", config.calibration_method, CALIBRATION_METHODS)
 
     def needs_calibration(self, precision: Precision) -> bool:
         """Static int8 calibrates activation ranges on ctx.calibration (filled from precision.calibration)."""
