@@ -8,7 +8,8 @@ through the module path the dynamo exporter records on each node (`pkg.torch.onn
   dynamic: quantize_dynamic: int8 weights (per channel per precision.weights), activations quantized
            per call (uint8, per tensor).
   static:  quantize_static, QDQ format: int8 weights and int8 activations whose ranges are calibrated
-           beforehand on ctx.calibration (minmax, entropy or percentile).
+           beforehand on ctx.calibration (minmax, entropy or percentile; conf/mode/onnxruntime.yaml has
+           what each cost on minilm-squad).
 """
 
 from __future__ import annotations
