@@ -74,8 +74,6 @@ class OpenVinoMode(GuardedMode):
         if precision.name == "int8":
             if not NNCF.present():
                 raise Refused(f"mode={self.name} precision=int8 needs the package nncf, which is not installed: {INSTALL}")
-            if getattr(precision.config, "calibration", None) is None:
-                raise UserError(_no_calibration(self.name))
             backend = getattr(precision.config, "backend", "ao_dynamic")
             if backend != "ao_dynamic":
                 self.warn(f"precision.backend={backend} is a PyTorch int8 backend: mode={self.name} ignores it and "

@@ -175,16 +175,6 @@ def test_int8_without_calibration_is_a_one_line_user_error(name, mode_fields, ti
     assert not isinstance(raised.value, ModeFailed) and "\n" not in str(raised.value)
 
 
-def test_openvino_int8_is_stopped_before_the_model_loads_without_a_calibration_setting(tiny, caps):
-    needs("openvino")
-    pytest.importorskip("nncf")
-    int8 = tiny.precision("int8")
-    plugins.check_job(caps, plugins.create("task", "qa"), create_mode("openvino"), int8)  # int8 has the setting
-    del int8.config.calibration  # an int8 precision without calibration settings (e.g. a plug-in of one's own)
-    with pytest.raises(UserError, match=r"^mode=openvino precision=int8 is NNCF .* set precision\.calibration"):
-        plugins.check_job(caps, plugins.create("task", "qa"), create_mode("openvino"), int8)
-
-
 # -- cache -----------------------------------------------------------------------------------------------------
 def _forbid(monkeypatch, name: str) -> None:
     module, attribute = EXPORT_FN[name]
