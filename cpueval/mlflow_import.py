@@ -516,7 +516,7 @@ def _refresh_report(sweep_dir: Path, config: Any) -> None:
     from cpueval import report
 
     try:
-        report.write_report([sweep_dir], out, str(settings.get("baseline", report.DEFAULT_BASELINE)),
+        report.write_report([sweep_dir], out, settings.get("baseline") or None,  # None: the reference plug-ins
                             float(settings.get("gate", report.DEFAULT_GATE)))
     except Exception as err:  # the import goes on without it; the report callback will try again
         log.error("report for mlflow failed (%s: %s)", type(err).__name__, err)
