@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -49,7 +50,9 @@ def model_identity(model: torch.nn.Module, weights_sha256: Optional[str]) -> dic
     nothing about the class or config (heads, attention implementation), so those are added; a model
     without a weights hash (built in memory) is hashed from its state dict."""
     config = getattr(model, "config", None)
-    config_text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
+    settings = config.to_dict() if hasattr(config, "to_dict") else {"repr": repr(config)}
+    settings.pop("_name_or_path", None)  # where it was loaded from: the same model by another path is the same
+    config_text = json.dumps(settings, sort_keys=True, default=str)
     return {
         "weights": weights_sha256 or tensors_digest([model.state_dict()]),
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -106,7 +109,8 @@ def cached_entry(root: Optional[Path], kind: str, material: Mapping[str, Any],
     if (target / META_FILE).exists():
         return CacheEntry(target, hit=True, seconds=0.0)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    _remove_abandoned(target.parent, key)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}@{socket.gethostname()}.", dir=target.parent))
     try:
         seconds = _timed_build(build, tmp, material)
         os.rename(tmp, target)  # atomic; fails if a concurrent job renamed its copy first
@@ -120,6 +124,26 @@ def cached_entry(root: Optional[Path], kind: str, material: Mapping[str, Any],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return CacheEntry(target, hit=False, seconds=seconds)
+
+
+def _remove_abandoned(parent: Path, key: str) -> None:
+    """Temporary directories of builds whose process died without cleaning up (OOM kill, SIGKILL):
+    `.<key>.<pid>@<host>.<random>` of this host whose pid no longer runs."""
+    host = socket.gethostname()
+    for path in parent.glob(f".{key}.*@*"):
+        pid, _, rest = path.name[len(key) + 2:].partition("@")
+        if pid.isdigit() and rest.rsplit(".", 1)[0] == host and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _timed_build(build: Callable[[Path], None], directory: Path, material: Mapping[str, Any]) -> float:

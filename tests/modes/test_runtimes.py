@@ -17,6 +17,9 @@ An int8 difference must also be > 0 and the runtime must report quantized nodes:
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -239,6 +242,30 @@ def test_cache_entries_appear_whole_or_not_at_all(tmp_path):
     entry = cache.cached_entry(tmp_path, "kind", material, loses_the_race)
     assert entry.hit and (entry.path / "model.bin").read_bytes() == b"theirs"
     assert [p.name for p in (tmp_path / "kind").iterdir()] == [entry.path.name]
+
+
+def test_a_build_killed_midway_leaves_nothing_the_next_build_keeps(tmp_path):
+    """A job killed while building (OOM killer, SIGKILL) cannot clean up: the next build of the same
+    entry removes the dead process's temporary directory."""
+    material = {"what": "test"}
+    key = cache.content_key(material)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = tmp_path / "kind" / f".{key}.{dead.pid}@{socket.gethostname()}.abcd1234"
+    abandoned.mkdir(parents=True)
+    other_key = tmp_path / "kind" / f".{key}x.{dead.pid}@{socket.gethostname()}.abcd1234"
+    other_key.mkdir()
+    entry = cache.cached_entry(tmp_path, "kind", material, lambda d: (d / "model.bin").write_bytes(b"x"))
+    assert not abandoned.exists() and other_key.exists() and (entry.path / "model.bin").exists()
+
+
+def test_the_cache_key_ignores_where_the_model_was_loaded_from(tiny):
+    model = tiny.build("qa")
+    before = cache.model_identity(model, "sha")
+    model.config._name_or_path = "/elsewhere/minilm"
+    assert cache.model_identity(model, "sha") == before
+    model.config.num_labels = 5
+    assert cache.model_identity(model, "sha") != before
 
 
 # -- failures and refusals ----------------------------------------------------------------------------------------
