@@ -70,7 +70,7 @@ class OpenVinoMode(GuardedMode):
             raise Refused(f"mode={self.name} runs only precision fp32, bf16 or int8 (done with OpenVINO's own "
                           f"tools), not {precision.name}")
         if precision.name == "bf16" and "BF16" not in cpu_capabilities():
-            raise Refused(BF16_REFUSED)
+            raise Refused(f"mode={self.name} precision=bf16: {BF16_REFUSED}")
         if precision.name == "int8":
             if not NNCF.present():
                 raise Refused(f"mode={self.name} precision=int8 needs the package nncf, which is not installed: {INSTALL}")

@@ -297,6 +297,17 @@ def test_a_missing_runtime_gives_the_install_command(name, package, extra, tiny,
         plugins.check_job(caps, plugins.create("task", "qa"), create_mode(name), tiny.precision("fp32"))
 
 
+def test_the_modes_import_without_the_runtimes_installed():
+    """Plug-in discovery imports every mode at start-up: the runtime packages are imported lazily."""
+    code = ("import sys\n"
+            "for name in ('onnxruntime', 'onnx', 'onnxscript', 'openvino', 'nncf'): sys.modules[name] = None\n"
+            "from cpueval import plugins\n"
+            "import cpueval.modes.onnxruntime, cpueval.modes.openvino, cpueval.modes._onnx_int8, cpueval.modes._nncf_int8\n"
+            "assert {'onnxruntime', 'openvino'} <= set(plugins.names('mode'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_openvino_int8_without_nncf_gives_the_install_command(tiny, caps, monkeypatch):
     monkeypatch.setattr(plugins.Requirement, "present", lambda self: self.module != "nncf")
     with pytest.raises(Refused, match=r"needs the package nncf, which is not installed: pip install 'cpueval\[openvino\]'"):
@@ -311,7 +322,8 @@ def test_openvino_bf16_runs_only_where_its_cpu_plugin_has_bf16(tiny, caps, shape
 
     mode, bf16 = create_mode("openvino"), tiny.precision("bf16")
     if "BF16" not in cpu_capabilities():
-        with pytest.raises(Refused, match=r"^OpenVINO's CPU plugin has no bf16 on this CPU .* use precision=fp32$"):
+        with pytest.raises(Refused, match=r"^mode=openvino precision=bf16: OpenVINO's CPU plugin has no bf16 on this CPU .* "
+                                          r"use precision=fp32$"):
             plugins.check_job(caps, plugins.create("task", "qa"), mode, bf16)
         return
     plugins.check_job(caps, plugins.create("task", "qa"), mode, bf16)
