@@ -34,7 +34,7 @@ from cpueval.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when an entry's layout changes
+CACHE_FORMAT = 2  # bump when an entry's layout changes
 META_FILE = "cpueval-cache.json"
 
 
@@ -90,12 +90,22 @@ class CacheEntry:
     seconds: float  # build time (0 on a hit)
     temporary: bool = False  # not cached: remove with cleanup() once loaded
 
+    @property
+    def sha256(self) -> str:
+        """sha256 of the files the build wrote (computed once, when it was built)."""
+        return json.loads((self.path / META_FILE).read_text())["files_sha256"]
+
     def cleanup(self) -> None:
         if self.temporary:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def describe(self) -> str:
         return "hit" if self.hit else ("disabled" if self.temporary else "miss")
+
+    def details(self) -> dict[str, Any]:
+        """For actual.details: cache hit/miss, build seconds, where it lies, sha256 of its files."""
+        return {"cache": self.describe(), "seconds": round(self.seconds, 3),
+                "dir": None if self.temporary else str(self.path), "sha256": self.sha256}
 
 
 def cached_entry(root: Optional[Path], kind: str, material: Mapping[str, Any],
@@ -153,9 +163,12 @@ def _timed_build(build: Callable[[Path], None], directory: Path, material: Mappi
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+    seconds = time.perf_counter() - start
+    digest = files_sha256([p for p in directory.iterdir() if p.is_file()])
     # Written last: its presence marks a complete entry (and says what it was built from).
-    (directory / META_FILE).write_text(json.dumps(dict(material), indent=1, sort_keys=True, default=str))
-    return time.perf_counter() - start
+    meta = {**material, "files_sha256": digest}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    return seconds
 
 
 @contextlib.contextmanager

@@ -113,7 +113,7 @@ class OnnxRuntimeMode(GuardedMode):
                 entries["quantize"], precision_details = quantize_cached(path, export, precision, self.config, ctx)
                 path = entries["quantize"].path / MODEL_FILE
             session = _session(path, self.config.graph_optimization_level, ctx)
-            steps = {step: _describe(entry) for step, entry in entries.items()}
+            steps = {step: entry.details() for step, entry in entries.items()}
         finally:
             for entry in entries.values():
                 entry.cleanup()  # the session holds the model in memory
@@ -126,11 +126,6 @@ class OnnxRuntimeMode(GuardedMode):
         return Built(call=_caller(session), details=details, precision_details=precision_details)
 
 
-def _describe(entry: cache.CacheEntry) -> dict[str, Any]:
-    """Cache hit/miss, build seconds, where it lies, and the sha256 of the model file(s) it holds."""
-    files = [p for p in entry.path.iterdir() if p.name.startswith(MODEL_FILE)]
-    return {"cache": entry.describe(), "seconds": round(entry.seconds, 3),
-            "dir": None if entry.temporary else str(entry.path), "sha256": cache.files_sha256(files)}
 
 
 # -- export --------------------------------------------------------------------------------------------
