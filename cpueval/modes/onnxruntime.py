@@ -10,7 +10,6 @@ preparation.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,8 +23,6 @@ from cpueval.modes._common import Built, GuardedMode
 from cpueval.modes.base import Inputs, ModeConfig, PrepareContext, PreparedModel
 from cpueval.plugins import Requirement
 from cpueval.precisions.base import Precision
-
-log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'cpueval[onnx]'"
 REQUIREMENTS = (
