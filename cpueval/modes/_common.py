@@ -170,7 +170,8 @@ class GuardedMode(Mode):
         log.warning("mode=%s failed (%s); falling back to mode=%s as configured", self.name, reason, target)
         fallback = create_mode(target)  # its own fallback stays None: no chains
         try:
-            if fallback.implements(precision) != self.implements(precision):
+            converts = precision.name != plugins.reference("precision")  # the reference precision converts nothing
+            if converts and fallback.implements(precision) != self.implements(precision):
                 raise Refused(f"mode={target} would need the model {'un' if self.implements(precision) else ''}"
                               f"converted by precision={precision.name}")
             plugins.check_together(detect_capabilities(), fallback, precision)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -33,7 +34,7 @@ from cpueval.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when an entry's layout changes
+CACHE_FORMAT = 2  # bump when an entry's layout changes
 META_FILE = "cpueval-cache.json"
 
 
@@ -49,7 +50,9 @@ def model_identity(model: torch.nn.Module, weights_sha256: Optional[str]) -> dic
     nothing about the class or config (heads, attention implementation), so those are added; a model
     without a weights hash (built in memory) is hashed from its state dict."""
     config = getattr(model, "config", None)
-    config_text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
+    settings = config.to_dict() if hasattr(config, "to_dict") else {"repr": repr(config)}
+    settings.pop("_name_or_path", None)  # where it was loaded from: the same model by another path is the same
+    config_text = json.dumps(settings, sort_keys=True, default=str)
     return {
         "weights": weights_sha256 or tensors_digest([model.state_dict()]),
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -87,12 +90,22 @@ class CacheEntry:
     seconds: float  # build time (0 on a hit)
     temporary: bool = False  # not cached: remove with cleanup() once loaded
 
+    @property
+    def sha256(self) -> str:
+        """sha256 of the files the build wrote (computed once, when it was built)."""
+        return json.loads((self.path / META_FILE).read_text())["files_sha256"]
+
     def cleanup(self) -> None:
         if self.temporary:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def describe(self) -> str:
         return "hit" if self.hit else ("disabled" if self.temporary else "miss")
+
+    def details(self) -> dict[str, Any]:
+        """For actual.details: cache hit/miss, build seconds, where it lies, sha256 of its files."""
+        return {"cache": self.describe(), "seconds": round(self.seconds, 3),
+                "dir": None if self.temporary else str(self.path), "sha256": self.sha256}
 
 
 def cached_entry(root: Optional[Path], kind: str, material: Mapping[str, Any],
@@ -106,7 +119,8 @@ def cached_entry(root: Optional[Path], kind: str, material: Mapping[str, Any],
     if (target / META_FILE).exists():
         return CacheEntry(target, hit=True, seconds=0.0)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    _remove_abandoned(target.parent, key)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{os.getpid()}@{socket.gethostname()}.", dir=target.parent))
     try:
         seconds = _timed_build(build, tmp, material)
         os.rename(tmp, target)  # atomic; fails if a concurrent job renamed its copy first
@@ -122,6 +136,26 @@ def cached_entry(root: Optional[Path], kind: str, material: Mapping[str, Any],
     return CacheEntry(target, hit=False, seconds=seconds)
 
 
+def _remove_abandoned(parent: Path, key: str) -> None:
+    """Temporary directories of builds whose process died without cleaning up (OOM kill, SIGKILL):
+    `.<key>.<pid>@<host>.<random>` of this host whose pid no longer runs."""
+    host = socket.gethostname()
+    for path in parent.glob(f".{key}.*@*"):
+        pid, _, rest = path.name[len(key) + 2:].partition("@")
+        if pid.isdigit() and rest.rsplit(".", 1)[0] == host and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def _timed_build(build: Callable[[Path], None], directory: Path, material: Mapping[str, Any]) -> float:
     start = time.perf_counter()
     try:
@@ -129,9 +163,12 @@ def _timed_build(build: Callable[[Path], None], directory: Path, material: Mappi
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+    seconds = time.perf_counter() - start
+    digest = files_sha256([p for p in directory.iterdir() if p.is_file()])
     # Written last: its presence marks a complete entry (and says what it was built from).
-    (directory / META_FILE).write_text(json.dumps(dict(material), indent=1, sort_keys=True, default=str))
-    return time.perf_counter() - start
+    meta = {**material, "files_sha256": digest}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    return seconds
 
 
 @contextlib.contextmanager

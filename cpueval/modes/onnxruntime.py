@@ -10,7 +10,6 @@ preparation.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,8 +23,6 @@ from cpueval.modes._common import Built, GuardedMode
 from cpueval.modes.base import Inputs, ModeConfig, PrepareContext, PreparedModel
 from cpueval.plugins import Requirement
 from cpueval.precisions.base import Precision
-
-log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'cpueval[onnx]'"
 REQUIREMENTS = (
@@ -109,7 +106,7 @@ class OnnxRuntimeMode(GuardedMode):
                 entries["quantize"], precision_details = quantize_cached(path, export, precision, self.config, ctx)
                 path = entries["quantize"].path / MODEL_FILE
             session = _session(path, self.config.graph_optimization_level, ctx)
-            steps = {step: _describe(entry) for step, entry in entries.items()}
+            steps = {step: entry.details() for step, entry in entries.items()}
         finally:
             for entry in entries.values():
                 entry.cleanup()  # the session holds the model in memory
@@ -122,11 +119,6 @@ class OnnxRuntimeMode(GuardedMode):
         return Built(call=_caller(session), details=details, precision_details=precision_details)
 
 
-def _describe(entry: cache.CacheEntry) -> dict[str, Any]:
-    """Cache hit/miss, build seconds, where it lies, and the sha256 of the model file(s) it holds."""
-    files = [p for p in entry.path.iterdir() if p.name.startswith(MODEL_FILE)]
-    return {"cache": entry.describe(), "seconds": round(entry.seconds, 3),
-            "dir": None if entry.temporary else str(entry.path), "sha256": cache.files_sha256(files)}
 
 
 # -- export --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class OpenVinoMode(GuardedMode):
             raise Refused(f"mode={self.name} runs only precision fp32, bf16 or int8 (done with OpenVINO's own "
                           f"tools), not {precision.name}")
         if precision.name == "bf16" and "BF16" not in cpu_capabilities():
-            raise Refused(BF16_REFUSED)
+            raise Refused(f"mode={self.name} precision=bf16: {BF16_REFUSED}")
         if precision.name == "int8":
             if not NNCF.present():
                 raise Refused(f"mode={self.name} precision=int8 needs the package nncf, which is not installed: {INSTALL}")
@@ -98,7 +98,7 @@ class OpenVinoMode(GuardedMode):
                 entries["quantize"], precision_details = quantize_cached(ov_model, entries["convert"], precision, ctx)
                 ov_model = core.read_model(entries["quantize"].path / MODEL_FILE)
             compiled = core.compile_model(ov_model, "CPU", self._properties(precision, ctx))
-            steps = {step: _describe(entry) for step, entry in entries.items()}
+            steps = {step: entry.details() for step, entry in entries.items()}
         finally:
             for entry in entries.values():
                 entry.cleanup()  # the compiled model holds (or maps) the weights
@@ -128,10 +128,6 @@ def cpu_capabilities() -> list[str]:
     return [str(c) for c in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
 
 
-def _describe(entry: cache.CacheEntry) -> dict[str, Any]:
-    files = [p for p in entry.path.iterdir() if p.suffix in (".xml", ".bin")]
-    return {"cache": entry.describe(), "seconds": round(entry.seconds, 3),
-            "dir": None if entry.temporary else str(entry.path), "sha256": cache.files_sha256(files)}
 
 
 # -- conversion ------------------------------------------------------------------------------------------

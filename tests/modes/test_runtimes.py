@@ -17,6 +17,9 @@ An int8 difference must also be > 0 and the runtime must report quantized nodes:
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -244,6 +247,30 @@ def test_cache_entries_appear_whole_or_not_at_all(tmp_path):
     assert [p.name for p in (tmp_path / "kind").iterdir()] == [entry.path.name]
 
 
+def test_a_build_killed_midway_leaves_nothing_the_next_build_keeps(tmp_path):
+    """A job killed while building (OOM killer, SIGKILL) cannot clean up: the next build of the same
+    entry removes the dead process's temporary directory."""
+    material = {"what": "test"}
+    key = cache.content_key(material)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = tmp_path / "kind" / f".{key}.{dead.pid}@{socket.gethostname()}.abcd1234"
+    abandoned.mkdir(parents=True)
+    other_key = tmp_path / "kind" / f".{key}x.{dead.pid}@{socket.gethostname()}.abcd1234"
+    other_key.mkdir()
+    entry = cache.cached_entry(tmp_path, "kind", material, lambda d: (d / "model.bin").write_bytes(b"x"))
+    assert not abandoned.exists() and other_key.exists() and (entry.path / "model.bin").exists()
+
+
+def test_the_cache_key_ignores_where_the_model_was_loaded_from(tiny):
+    model = tiny.build("qa")
+    before = cache.model_identity(model, "sha")
+    model.config._name_or_path = "/elsewhere/minilm"
+    assert cache.model_identity(model, "sha") == before
+    model.config.num_labels = 5
+    assert cache.model_identity(model, "sha") != before
+
+
 # -- failures and refusals ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(RUNTIMES))
 def test_a_broken_export_fails_the_job_with_the_reason(name, tiny, tmp_path, monkeypatch):
@@ -273,6 +300,17 @@ def test_a_missing_runtime_gives_the_install_command(name, package, extra, tiny,
         plugins.check_job(caps, plugins.create("task", "qa"), create_mode(name), tiny.precision("fp32"))
 
 
+def test_the_modes_import_without_the_runtimes_installed():
+    """Plug-in discovery imports every mode at start-up: the runtime packages are imported lazily."""
+    code = ("import sys\n"
+            "for name in ('onnxruntime', 'onnx', 'onnxscript', 'openvino', 'nncf'): sys.modules[name] = None\n"
+            "from cpueval import plugins\n"
+            "import cpueval.modes.onnxruntime, cpueval.modes.openvino, cpueval.modes._onnx_int8, cpueval.modes._nncf_int8\n"
+            "assert {'onnxruntime', 'openvino'} <= set(plugins.names('mode'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_openvino_int8_without_nncf_gives_the_install_command(tiny, caps, monkeypatch):
     monkeypatch.setattr(plugins.Requirement, "present", lambda self: self.module != "nncf")
     with pytest.raises(Refused, match=r"needs the package nncf, which is not installed: pip install 'cpueval\[openvino\]'"):
@@ -287,7 +325,8 @@ def test_openvino_bf16_runs_only_where_its_cpu_plugin_has_bf16(tiny, caps, shape
 
     mode, bf16 = create_mode("openvino"), tiny.precision("bf16")
     if "BF16" not in cpu_capabilities():
-        with pytest.raises(Refused, match=r"^OpenVINO's CPU plugin has no bf16 on this CPU .* use precision=fp32$"):
+        with pytest.raises(Refused, match=r"^mode=openvino precision=bf16: OpenVINO's CPU plugin has no bf16 on this CPU .* "
+                                          r"use precision=fp32$"):
             plugins.check_job(caps, plugins.create("task", "qa"), mode, bf16)
         return
     plugins.check_job(caps, plugins.create("task", "qa"), mode, bf16)
