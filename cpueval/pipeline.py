@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from cpueval import batching, calibration, plugins, records
 from cpueval.data import fingerprint, load_examples, require_columns
-from cpueval.environment import detect_capabilities, describe_environment, usable_cores
+from cpueval.environment import describe_environment, detect_capabilities, package_version, usable_cores
 from cpueval.errors import Refused, UserError
 from cpueval.identity import job_hash
 from cpueval.models import LoadedModel, load_model
@@ -227,7 +227,7 @@ class Run:
             raise UserError(f"runtime.pad_to_multiple_of={rt.pad_to_multiple_of} must be > 0 (1: no rounding)")
         self.task.validate_config()
         job = (self.task, self.mode, self.precision)
-        self.record.environment = environment_record([r.package for p in job for r in p.requirements()], self.caps)
+        add_plugin_facts(self.record.environment, [r.package for p in job for r in p.requirements()], self.caps)
         self.record.warnings.extend(plugins.check_job(self.caps, *job))
         self.record.threads = configure_threads(rt)
         _set_progress_bars(rt.progress)
@@ -262,7 +262,8 @@ class Run:
         with self.timer.stage("calibration"):
             chosen = calibration.choose(settings, OmegaConf.to_object(self.cfg.data), self.examples,
                                         load=self._load_prepared, ids_of=lambda d: [str(i) for i in d["id"]])
-            features, _ = tokenize_cached(self.task, chosen.examples, fingerprint(chosen.examples),
+            chosen_fp = fingerprint(chosen.examples)
+            features, _ = tokenize_cached(self.task, chosen.examples, chosen_fp,
                                           self.loaded.tokenizer, self.loaded.identity["tokenizer_sha256"],
                                           self.rt.cache_dir)
             self.calibration = [b.inputs for b in make_batches(features, self.loaded.tokenizer, self.task, self.rt)]
@@ -271,7 +272,7 @@ class Run:
             self.record.data.num_examples, self.record.data.fingerprint = len(self.examples), self.examples_fp
             self.record.warnings.append(f"{chosen.info['examples']} examples calibrated and were left out of scoring "
                                         "(precision.calibration.source=held_out): compare with other jobs carefully")
-        self.record.data.calibration = records.CalibrationInfo(**chosen.info, fingerprint=fingerprint(chosen.examples))
+        self.record.data.calibration = records.CalibrationInfo(**chosen.info, fingerprint=chosen_fp)
 
     def _load_prepared(self, data_config: Any) -> datasets.Dataset:
         examples, source = load_examples(data_config)
@@ -361,13 +362,13 @@ class Run:
         records.save(self.record)
 
 
-def environment_record(packages: Sequence[str], caps: Any) -> records.Environment:
-    """The environment block: machine, versions (cpueval's and the job's plug-ins' packages), and which
-    precisions run natively here (from the precisions' own declarations)."""
-    env = describe_environment(packages)
-    env["native_precisions"] = {name: plugins.info("precision", name).load_class().is_native(caps)
-                                for name in plugins.names("precision")}
-    return records.parse(records.Environment, env)
+def add_plugin_facts(env: records.Environment, packages: Sequence[str], caps: Any) -> None:
+    """Complete the environment block described when the run started: the versions of the packages the
+    job's plug-ins require (None where missing), and which precisions run natively here (from the
+    precisions' own declarations)."""
+    env.versions.update({name: package_version(name) for name in packages})
+    env.native_precisions = {name: plugins.info("precision", name).load_class().is_native(caps)
+                             for name in plugins.names("precision")}
 
 
 def throughput(total: float, examples: int, features: int, tokens: int, loop_s: float) -> Throughput:

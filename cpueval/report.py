@@ -402,9 +402,9 @@ def plot_throughput(df: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = _facets(df)[:MAX_FACETS]
-    modes = sorted(df["mode"].dropna().unique(), key=lambda m: _order(pd.Series([m]), plugins.names("mode"))[0])
-    precisions = sorted(df["precision"].dropna().unique(),
-                        key=lambda p: _order(pd.Series([p]), plugins.names("precision"))[0])
+    mode_order, precision_order = plugins.names("mode"), plugins.names("precision")
+    modes = sorted(df["mode"].dropna().unique(), key=lambda m: _order(pd.Series([m]), mode_order)[0])
+    precisions = sorted(df["precision"].dropna().unique(), key=lambda p: _order(pd.Series([p]), precision_order)[0])
     cols = min(len(panels), 3)
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 1.4 * len(modes) * len(precisions) / 2 + 3) * cols,
