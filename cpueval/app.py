@@ -109,8 +109,8 @@ def main() -> None:
     identity.register_resolvers()
     with launcher_errors_in_one_line():
         hydra_main()
-    # Non-zero when a job of this multirun launch failed or was refused (0 for single runs, which
-    # exit from run_job on error).
+    # 1 when a job of this multirun launch failed, 3 when jobs were only refused (0 for single runs,
+    # which exit from run_job on error).
     sys.exit(sweep_callback.launch_exit_code())
 
 

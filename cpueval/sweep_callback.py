@@ -16,7 +16,7 @@ from cpueval.records import RESULTS_FILE, RunRecord
 
 log = logging.getLogger("cpueval")
 
-_launch_failures: list[str] = []
+_launch_not_ok: list[str] = []  # statuses of the jobs of the last launch's sweep dir that are not ok
 _launch_config: list[DictConfig] = []  # the config of the multirun launch in progress (SweepCallback)
 
 
@@ -25,9 +25,17 @@ def launch_config() -> Optional[DictConfig]:
     return _launch_config[0] if _launch_config else None
 
 
+REFUSED_EXIT_CODE = 3  # as a single refused run (cpueval.errors.Refused.exit_code)
+
+
 def launch_exit_code() -> int:
-    """1 if, after the last multirun launch in this process, a job of its sweep dir is not ok."""
-    return 1 if _launch_failures else 0
+    """The exit code of the last multirun launch in this process, from its sweep dir: 0 when every job
+    is ok, 3 when the others are refusals only (a combination this machine or installation cannot run,
+    expected in a grid: the nightly wrapper treats it as success), 1 when a job failed, was interrupted
+    or left no readable record."""
+    if not _launch_not_ok:
+        return 0
+    return REFUSED_EXIT_CODE if set(_launch_not_ok) == {"refused"} else 1
 
 
 def scan_jobs(sweep_dir: Path) -> list[tuple[Path, Optional[RunRecord]]]:
@@ -80,15 +88,15 @@ class SweepCallback(Callback):  # type: ignore[misc]
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = dt.datetime.now(dt.timezone.utc)
-        _launch_failures.clear()
+        _launch_not_ok.clear()
         _launch_config[:] = [config]
         submitit_patch.skip_done_before_submit()  # after Hydra's plugin scan, which re-executes the plugin modules
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         summary = summarize_launch(sweep_dir, self.started)
-        # The sweep dir is the unit: a job refused before and skipped now still makes the exit code 1.
-        _launch_failures[:] = [str(item[0]) for item in summary["not_ok"]]
+        # The sweep dir is the unit: a job refused before and skipped now still counts.
+        _launch_not_ok[:] = [status for _, status, _, _ in summary["not_ok"]]
         total = len(summary["ran"]) + len(summary["done_before"])
         counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["statuses"].items()))
         log.info("sweep %s: %d jobs (%s); this launch ran %d, %d had run before", sweep_dir, total,

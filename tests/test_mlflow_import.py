@@ -273,7 +273,7 @@ def test_a_resumed_sweep_updates_the_changed_run_only(sweep: dict[str, Any]) -> 
     (parent,) = sweep_runs(sweep["uri"])
 
     resumed = launch(sweep["dir"], sweep["cwd"], sweep["uri"])  # same sweep, no faults: the failed job re-runs
-    assert resumed.returncode == 1  # the refusal stands
+    assert resumed.returncode == 3  # the refusal stands, nothing failed
     assert "mlflow: 0 runs created, 1 updated, 3 unchanged -> " in resumed.log
     after = {h: run.to_dictionary() for h, run in job_runs(sweep["uri"]).items()}
     assert {h for h in after if after[h] != before[h]} == {changed}

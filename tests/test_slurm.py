@@ -257,3 +257,69 @@ def test_memory_the_node_cannot_give_is_one_line(slurm_cluster: None, tmp_path: 
     line = _one_error_line(result)
     assert line == ("cpueval: error: Slurm rejected the job array: Memory specification can not be satisfied "
                     "(hydra.launcher.mem_gb=100000)")
+
+
+# -- the nightly wrapper (jobs/slurm/nightly.sbatch) as a scheduled night runs it -----------------
+NIGHTLY = Path(__file__).resolve().parents[1] / "jobs" / "slurm" / "nightly.sbatch"
+TINY_NIGHT = ("model=tiny_random", "data=squad_sample", *FAST)
+
+
+def submit_nightly(night_dir: Path, *overrides: str, wait: bool) -> tuple[str, subprocess.CompletedProcess]:
+    """sbatch the wrapper as the README says (no cores per job given), into night_dir. Returns (job id, sbatch)."""
+    night_dir.parent.mkdir(parents=True, exist_ok=True)  # Slurm does not create the --output directory
+    env = env_with_support({**os.environ, "CPUEVAL_NIGHTLY_DIR": str(night_dir), "CPUEVAL_ROOT": str(NIGHTLY.parents[2]),
+                            "CPUEVAL": str(Path(sys.executable).parent / "cpueval")})
+    cmd = ["sbatch", "--parsable", f"--output={night_dir.parent}/wrapper-%j.out", *(["--wait"] if wait else []),
+           str(NIGHTLY), "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=2", *TINY_NIGHT, *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT_S, cwd=NIGHTLY.parents[2])
+    job_id = result.stdout.strip().splitlines()[0].split(";")[0] if result.stdout.strip() else ""
+    return job_id, result
+
+
+def squeue_names(name: str) -> str:
+    return subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %j %T"], capture_output=True, text=True, timeout=30).stdout
+
+
+@pytest.mark.slurm
+def test_nightly_fits_beside_its_wrapper_and_expected_refusals_keep_the_night_green(slurm_cluster: None,
+                                                                                   tmp_path: Path) -> None:
+    night = tmp_path / "nightly" / "2026-12-01"
+    # The default 2 cores per job on this 2-core node would wait forever behind the 1-core wrapper;
+    # ipex is refused outside the IPEX environment (expected on this machine), eager runs.
+    job_id, result = submit_nightly(night, "mode=eager,ipex", wait=True)
+    wrapper_log = (night.parent / f"wrapper-{job_id}.out").read_text()
+    print(wrapper_log[-4000:])
+    assert result.returncode == 0, result.stderr
+    assert "cores per sweep job lowered from 2 to 1" in wrapper_log
+    assert "sweep finished with exit code 3" in wrapper_log and "not a failure" in wrapper_log
+    statuses = {r["config"]["mode"]["name"]: r["status"] for r in records(night).values()}
+    assert statuses == {"eager": "ok", "ipex": "refused"}
+    (ok,) = [r for r in records(night).values() if r["status"] == "ok"]
+    assert ok["threads"]["intra_op_threads"] == 1 and ok["environment"]["slurm"]["cpus_per_task"] == 1
+    assert "refused" in (night / "report" / "report.md").read_text()
+    (array,) = array_ids(night)
+    names = subprocess.run(["sacct", "-j", array, "-n", "-X", "-o", "JobName%60"], capture_output=True, text=True,
+                           timeout=30).stdout.split()
+    assert names and set(names) == {f"cpueval-nightly-{job_id}"}  # the array carries the wrapper's name
+
+
+@pytest.mark.slurm
+def test_cancelling_the_nightly_wrapper_cancels_its_array(slurm_cluster: None, tmp_path: Path) -> None:
+    night = tmp_path / "nightly" / "2026-12-02"
+    job_id, result = submit_nightly(night, "runtime.batch_size=2,4,8", *launch_args("runtime.batch_size=2:delay=120"),
+                                    wait=False)
+    assert result.returncode == 0, result.stderr
+    array_name = f"cpueval-nightly-{job_id}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(r.get("status") == "running" for r in records_quiet(night).values()):
+        time.sleep(1)
+    assert "RUNNING" in squeue_names(array_name), "the array never started"
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (squeue_names(array_name) or squeue_names("cpueval-nightly")):
+        time.sleep(1)
+    assert squeue_names(array_name) == "", "the array outlived its cancelled wrapper"
+    wrapper_log = (night.parent / f"wrapper-{job_id}.out").read_text()
+    print(wrapper_log[-4000:])
+    assert f"cancelling the sweep's array ({array_name})" in wrapper_log
+    assert (night / "report" / "report.md").is_file()  # what there was, reported

@@ -64,7 +64,7 @@ def test_failures_are_isolated_then_resume_reruns_failures_keeps_refusals_and_fo
 
     before = mtimes(sweep_dir)
     second = launch(sweep_dir, *grid)  # same command, faults gone: only the failed job runs again;
-    assert second.returncode == 1       # the refusal stands (same host and packages): still not all ok
+    assert second.returncode == 3       # the refusal stands (same host and packages): refused only
     after = mtimes(sweep_dir)
     changed = {name for name in after if after[name] != before[name]}
     assert {(r["config"]["precision"]["name"], r["config"]["runtime"]["batch_size"])
@@ -74,7 +74,7 @@ def test_failures_are_isolated_then_resume_reruns_failures_keeps_refusals_and_fo
     assert by_batch(records(sweep_dir))[("bf16", 8)]["status"] == "ok"
 
     third = launch(sweep_dir, *grid)  # nothing left to do: 0 jobs run
-    assert third.returncode == 1
+    assert third.returncode == 3
     assert mtimes(sweep_dir) == after
     assert third.log.count("skipped (done)") == 3 and "this launch ran 0," in third.log
 
