@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import datasets
 import numpy as np
-from transformers import AutoModelForQuestionAnswering, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
 from cpueval.metrics.squad import squad_v1, squad_v2
 from cpueval.records import write_json_atomic
 from cpueval.tasks.base import FeatureOutputs, Predictions, Task, TaskConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -41,7 +43,7 @@ SCHEMA = QATaskConfig
 
 
 class QuestionAnswering(Task):
-    auto_model_class = AutoModelForQuestionAnswering
+    auto_model = "AutoModelForQuestionAnswering"
     required_columns = ("id", "question", "context", "answers")
     output_names = ("start_logits", "end_logits")
     architecture_suffix = "ForQuestionAnswering"

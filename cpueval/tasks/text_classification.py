@@ -15,16 +15,18 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import datasets
 import numpy as np
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
 from cpueval.metrics.classification import classification_metrics
 from cpueval.records import write_lines_atomic, write_text_atomic
 from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig, with_string_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PREDICTION_FORMATS = ("jsonl", "csv")
 PREDICTION_FIELDS = ("id", "prediction", "score", "label")
@@ -46,7 +48,7 @@ SCHEMA = TextClassificationConfig
 
 
 class TextClassification(Task):
-    auto_model_class = AutoModelForSequenceClassification
+    auto_model = "AutoModelForSequenceClassification"
     required_columns = ("text",)
     output_names = ("logits",)
     architecture_suffix = "ForSequenceClassification"
