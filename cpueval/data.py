@@ -135,7 +135,7 @@ def load_examples(config: DataConfig) -> tuple[datasets.Dataset, str]:
         raise UserError("set exactly one of data.path=<local file> or data.name=<hub dataset> "
                         f"(got path={config.path!r}, name={config.name!r})")
     dataset, source = _load_local(config) if config.path else _load_hub(config)
-    renames = {actual: canonical for canonical, actual in config.columns.items() if actual != canonical}
+    renames = {actual: canonical for canonical, actual in (config.columns or {}).items() if actual and actual != canonical}
     missing = [actual for actual in renames if actual not in dataset.column_names]
     if missing:
         raise UserError(f"data.columns names {missing} but {source} has columns {dataset.column_names}")

@@ -53,6 +53,8 @@ class Task(Plugin):
     auto_model: ClassVar[str]
     # canonical columns the loaded data must have (after data.columns renaming)
     required_columns: ClassVar[tuple[str, ...]]
+    # canonical columns read when present (each can be mapped with data.columns.<name>=<your column>)
+    optional_columns: ClassVar[tuple[str, ...]] = ("id",)
     # model inputs the features carry (those present are batched and fed to the model)
     input_columns: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
     # output names the forward pass must return, e.g. ("start_logits", "end_logits")

@@ -45,6 +45,7 @@ SCHEMA = QATaskConfig
 class QuestionAnswering(Task):
     auto_model = "AutoModelForQuestionAnswering"
     required_columns = ("id", "question", "context", "answers")
+    optional_columns = ("title",)
     output_names = ("start_logits", "end_logits")
     architecture_suffix = "ForQuestionAnswering"
     version = 1

@@ -50,6 +50,7 @@ SCHEMA = TextClassificationConfig
 class TextClassification(Task):
     auto_model = "AutoModelForSequenceClassification"
     required_columns = ("text",)
+    optional_columns = ("id", "text_pair", "label")
     output_names = ("logits",)
     architecture_suffix = "ForSequenceClassification"
     per_token = False
