@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import string
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -130,6 +131,31 @@ def defer_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
         module.__class__ = _DeferredModule
 
 
+def print_help(overrides: Sequence[str]) -> int:
+    """`cpueval --help [overrides]`: conf/config.yaml's hydra.help template with the composed config.
+    Hydra's own --help would also list every ConfigStore entry, which costs seconds and lists the
+    internal `<name>_schema` entries; `--hydra-help` still shows Hydra's."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from cpueval.launcher_errors import config_error
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="cpueval"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    except Exception as err:
+        message = config_error(err)
+        if message is None:
+            raise
+        print(f"cpueval: error: {message}", file=sys.stderr)
+        return 2
+    template = str(cfg.hydra.help.template)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(string.Template(template).safe_substitute(CONFIG=OmegaConf.to_yaml(cfg)))
+    return 0
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
@@ -139,6 +165,9 @@ def main() -> None:
     plugins.add_search_dirs(plugins.search_dirs_from_argv(sys.argv[1:]))
     register_configs()
     identity.register_resolvers()
+    if {"--help", "-h"} & set(sys.argv[1:]) and not any(a.startswith("-") and a not in ("--help", "-h")
+                                                         for a in sys.argv[1:]):
+        sys.exit(print_help([a for a in sys.argv[1:] if a not in ("--help", "-h")]))
     with launcher_errors_in_one_line():
         hydra_main()
     # Non-zero when a job of this multirun launch failed or was refused (0 for single runs, which
