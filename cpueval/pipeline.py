@@ -37,7 +37,8 @@ from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.environment import describe_environment, detect_capabilities, package_version, usable_cores
 from cpueval.errors import Refused, UserError
 from cpueval.identity import job_hash
-from cpueval.models import LoadedModel, load_model
+from cpueval.config import DataConfig
+from cpueval.models import LoadedModel, load_model, max_positions
 from cpueval.modes.base import Mode, PrepareContext, PreparedModel
 from cpueval.precisions.base import Precision
 from cpueval.records import (Actual, DataInfo, ErrorInfo, Latency, Memory, ModelInfo, OutputParity, Parity, Requested, RunRecord,
@@ -71,6 +72,29 @@ def configure_threads(runtime: DictConfig) -> Threads:
             log.warning("inter-op threads already fixed at %d in this process", torch.get_num_interop_threads())
     return Threads(intra_op_threads=torch.get_num_threads(), inter_op_threads=torch.get_num_interop_threads(),
                    intra_op_source=source, usable_cores=usable_cores())
+
+
+def inapplicable_settings(cfg: DictConfig) -> list[str]:
+    """Settings that cannot apply to this job's sources: warned here and recorded as not applied (null)."""
+    model, data = cfg.model, cfg.data
+    unused = []
+    if model.revision and Path(model.name_or_path).expanduser().is_dir():
+        unused.append(f"model.revision={model.revision} (model.name_or_path={model.name_or_path} is a local directory)")
+    if data.path:
+        default_split = DataConfig.split
+        unused += [f"data.{key}={data[key]} (data.path={data.path} is a local file)"
+                   for key in ("revision", "subset") if data[key]]
+        if data.split != default_split:
+            unused.append(f"data.split={data.split} (data.path={data.path} is a local file: all its rows are evaluated)")
+    return [f"{setting} does not apply and was not used; results.json records it as null" for setting in unused]
+
+
+def oversubscription(threads: Threads) -> list[str]:
+    """More threads than usable cores make each forward call slower, not faster: say so."""
+    asked = {"runtime.intra_op_threads": threads.intra_op_threads, "runtime.inter_op_threads": threads.inter_op_threads}
+    return [f"{key}={n} is more than the {threads.usable_cores} usable cores here: threads compete for cores and "
+            f"timings suffer; use <= {threads.usable_cores} (or null)"
+            for key, n in asked.items() if threads.usable_cores and n > threads.usable_cores]
 
 
 def tokenize_cached(task: Task, examples: datasets.Dataset, examples_fingerprint: str, tokenizer: Any,
@@ -225,11 +249,16 @@ class Run:
             raise UserError(f"runtime.batch_size={rt.batch_size} must be > 0")
         if rt.pad_to_multiple_of <= 0:
             raise UserError(f"runtime.pad_to_multiple_of={rt.pad_to_multiple_of} must be > 0 (1: no rounding)")
+        for key in ("warmup_batches", "parity_batches"):
+            if rt[key] < 0:
+                raise UserError(f"runtime.{key}={rt[key]} must be >= 0 (0: none)")
         self.task.validate_config()
         job = (self.task, self.mode, self.precision)
         add_plugin_facts(self.record.environment, [r.package for p in job for r in p.requirements()], self.caps)
         self.record.warnings.extend(plugins.check_job(self.caps, *job))
+        self.record.warnings.extend(inapplicable_settings(self.cfg))
         self.record.threads = configure_threads(rt)
+        self.record.warnings.extend(oversubscription(self.record.threads))
         _set_progress_bars(rt.progress)
         torch.manual_seed(rt.seed)
 
@@ -237,10 +266,22 @@ class Run:
         with self.timer.stage("model_load"):
             self.loaded: LoadedModel = load_model(self.cfg.model, self.task, self.rt.cache_dir)
         self.record.model = ModelInfo(**self.loaded.identity)
+        self.fit_sequence_length()
         if self.record.model.builtin_random_weights:
             self.record.warnings.append(
                 f"the model has RANDOM weights ({self.cfg.model.name_or_path}): the metrics mean nothing. Evaluate a "
                 "real model with model.name_or_path=<hub id or local dir> and data.path=<file> (or data.name=<hub dataset>)")
+
+    def fit_sequence_length(self) -> None:
+        """task.max_seq_length above what the model accepts is capped (warned; results.json's
+        actual.max_seq_length says what ran), then the task's settings are checked again."""
+        limit = max_positions(self.loaded.model, self.loaded.tokenizer)
+        asked = self.task.config.max_seq_length
+        if limit is not None and asked > limit:
+            self.task.config.max_seq_length = limit
+            self.record.warnings.append(f"task.max_seq_length={asked} is more than this model accepts ({limit} "
+                                        f"positions): ran with {limit} (actual.max_seq_length in results.json)")
+            self.task.validate_config()
 
     def load_data(self) -> None:
         with self.timer.stage("data_load"):
@@ -248,7 +289,8 @@ class Run:
             require_columns(examples, self.task.required_columns, source)
             self.examples = self.task.prepare_examples(examples, source)
             self.examples_fp = fingerprint(self.examples)
-        self.record.data = DataInfo(source=source, split=self.cfg.data.split, num_examples=len(self.examples),
+        split = None if self.cfg.data.path else self.cfg.data.split  # a local file has no splits: all rows ran
+        self.record.data = DataInfo(source=source, split=split, num_examples=len(self.examples),
                                     fingerprint=self.examples_fp)
 
     def calibration_data(self) -> None:
@@ -334,6 +376,7 @@ class Run:
         files = self.task.write_predictions(self.examples, self.predictions, self.run_dir)
         record, loop = self.record, self.loop
         record.actual = Actual(mode=self.prepared.mode, precision=self.precision.name,
+                               max_seq_length=self.task.config.max_seq_length,
                                attn_implementation=self.loaded.identity["attn_implementation"],
                                details=self.prepared.details,
                                precision_details=self.prepared.precision_details or self.precision.details())
