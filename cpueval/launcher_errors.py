@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import re
 import sys
@@ -83,6 +84,11 @@ def launcher_error(err: BaseException) -> Optional[tuple[str, int]]:
     composing = config_error(err)
     if composing is not None:
         return composing, 2
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.ENOTDIR, errno.EEXIST):
+        # Hydra creates the run (or sweep) directory and its log before the job starts
+        return (f"hydra.run.dir (hydra.sweep.dir for -m): cannot create {err.filename or 'the output directory'}: "
+                f"{err.strerror or err}; set it to a directory you can write, e.g. hydra.run.dir=/tmp/cpueval-run", 2)
     if isinstance(err, RuntimeError) and 'Could not detect "srun"' in text:
         return ("hydra/launcher=slurm needs Slurm, but there is no srun/sbatch on PATH (not a Slurm login "
                 "node?): run it where Slurm is, or use hydra/launcher=local (submitit on this machine) or "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching, calibration, plugins, records
+from cpueval import batching, cache_files, calibration, plugins, records
 from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.environment import describe_environment, detect_capabilities, package_version, usable_cores
 from cpueval.errors import Refused, UserError
@@ -49,7 +50,8 @@ from cpueval.timing import RssSampler, StageTimer, latency_summary, peak_rss_mb,
 
 log = logging.getLogger("cpueval")
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2  # 2: entries carry a manifest of checksums (cpueval/cache_files.py)
+FEATURE_MANIFEST = "cpueval_manifest.json"
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -107,19 +109,36 @@ def tokenize_cached(task: Task, examples: datasets.Dataset, examples_fingerprint
     if not cache_dir:
         return task.tokenize(examples, tokenizer), "disabled"
     target = Path(cache_dir).expanduser() / "features" / key
-    if (target / "dataset_info.json").exists():
-        with _quiet_datasets():
-            return datasets.load_from_disk(str(target)), "hit"
+    cached = _load_feature_cache(target)
+    if cached is not None:
+        return cached, "hit"
     features = task.tokenize(examples, tokenizer)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
     try:
         with _quiet_datasets():
             features.save_to_disk(str(tmp))
+        cache_files.write_manifest(tmp, FEATURE_MANIFEST)
         os.rename(tmp, target)  # atomic; a concurrent job that won the race leaves target in place
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return features, "miss"
+
+
+def _load_feature_cache(target: Path) -> Optional[datasets.Dataset]:
+    """The cached features at `target`, or None when absent; a corrupt entry is reported and removed."""
+    if not target.exists():
+        return None
+    problem = cache_files.problem(target, FEATURE_MANIFEST)
+    if problem is None:
+        try:
+            with _quiet_datasets():
+                return datasets.load_from_disk(str(target))
+        except Exception as err:  # noqa: BLE001 - any load failure means the entry is unusable
+            problem = f"{type(err).__name__}: {str(err).strip()[:100]}"
+    log.warning("feature cache entry %s is corrupt (%s): removing it and tokenizing again", target, problem)
+    cache_files.discard(target)
+    return None
 
 
 @contextlib.contextmanager
@@ -216,7 +235,7 @@ class Run:
         )
 
     def execute(self) -> RunRecord:
-        self.begin()            # "running" record on disk, memory sampling on
+        """The stages, after `begin` (the "running" record on disk, memory sampling on)."""
         self.check_plugins()    # config -> task, mode, precision; refusals before anything loads
         self.load_model()       # model + tokenizer
         self.load_data()        # examples, checked against the task's columns
@@ -235,8 +254,8 @@ class Run:
     # -- stages -----------------------------------------------------------------------------------
     def begin(self) -> None:
         self._t0 = time.perf_counter()
+        records.save(self.record)  # first: an unwritable run directory fails before anything starts
         self._rss = RssSampler().start()
-        records.save(self.record)
 
     def check_plugins(self) -> None:
         rt = self.rt
@@ -392,7 +411,10 @@ class Run:
     def fail(self, status: str, error: BaseException) -> None:
         self.record.status = status  # type: ignore[assignment]
         self.record.error = ErrorInfo(type=type(error).__name__, message=str(error))
-        self.finish()
+        try:
+            self.finish()
+        except OSError as err:  # the record went in place (finish); the error being raised says more
+            log.error("results.json could not be written atomically: %s", err)
 
     def finish(self, counts: Optional[tuple[int, int, int, float]] = None) -> None:
         """Close the record (timing, memory, and throughput from `counts` = examples, features,
@@ -402,7 +424,49 @@ class Run:
         if counts is not None:
             self.record.throughput = throughput(self.record.timing.total, *counts)
         self.record.memory = Memory(peak_rss_mb=self._rss.stop(), process_peak_rss_mb=peak_rss_mb())
-        records.save(self.record)
+        try:
+            records.save(self.record)
+        except OSError as err:  # e.g. a full disk: never leave results.json saying "running" (or "ok")
+            if self.record.status in ("ok", "running"):
+                self.record.status = "failed"
+                self.record.error = ErrorInfo(type=type(err).__name__, message=f"results.json not written: {err}")
+            overwrite_in_place(self.run_dir / records.RESULTS_FILE, records.to_dict(self.record))
+            raise
+
+
+def overwrite_in_place(path: Path, data: dict[str, Any]) -> None:
+    """Last resort when the atomic write failed (full disk): truncating the old file frees its blocks
+    for the new content, written compact."""
+    try:
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(records.jsonable(data), separators=(",", ":"), ensure_ascii=False) + "\n")
+    except OSError as err:
+        log.error("%s could not be written either: %s", path, err)
+
+
+# OS errors a user fixes (space, permissions, a read-only mount), and what to do about each
+FIXABLE_OS_ERRORS = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free space in your quota",
+                     errno.EROFS: "use a writable location", errno.EACCES: "use a location you may write to",
+                     errno.EPERM: "use a location you may write to",
+                     errno.ENOTDIR: "a part of the path is a file, not a directory: use another path",
+                     errno.EEXIST: "a file is in the way: use another path"}
+
+
+def os_error_as_user_error(err: OSError, cfg: DictConfig, run_dir: Path) -> Optional[UserError]:
+    """A fixable OS error as a UserError naming the setting whose path it hit; None for other errors."""
+    if err.errno not in FIXABLE_OS_ERRORS:
+        return None
+    path = str(err.filename or run_dir)
+    places = [("hydra.run.dir", run_dir), ("runtime.cache_dir", cfg.runtime.cache_dir),
+              ("data.path", cfg.data.path), ("model.name_or_path", cfg.model.name_or_path)]
+    setting = next((key for key, root in places if root and _is_within(path, str(root))), "hydra.run.dir")
+    return UserError(f"{setting}: cannot write {path}: {err.strerror or err}; {FIXABLE_OS_ERRORS[err.errno]} "
+                     f"or set {setting}=<another path>")
+
+
+def _is_within(path: str, root: str) -> bool:
+    path_, root_ = Path(path).expanduser().resolve(), Path(root).expanduser().resolve()
+    return path_ == root_ or root_ in path_.parents
 
 
 def add_plugin_facts(env: records.Environment, packages: Sequence[str], caps: Any) -> None:
@@ -439,9 +503,19 @@ def execute(cfg: DictConfig, run_dir: Path) -> RunRecord:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=<value>")
-    run = Run(cfg, run_dir)
+    try:
+        run = Run(cfg, run_dir)
+        run.begin()
+    except OSError as err:  # the run directory itself cannot be written: no record possible
+        raise os_error_as_user_error(err, cfg, run_dir) or err from None
     try:
         return run.execute()
+    except OSError as err:
+        problem = os_error_as_user_error(err, cfg, run_dir)
+        run.fail("failed", problem or err)
+        if problem is None:
+            raise
+        raise problem from None
     except Refused as err:
         run.fail("refused", err)
         raise

@@ -96,6 +96,9 @@ class TextClassification(Task):
         labels = self._labels_for(feature)
         ids = []
         for row, value in enumerate(values, start=1):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise UserError(f"{source} row {row}: the label cell is empty; every row needs a gold label "
+                                f"(fill it or drop the row)")
             label_id = labels.resolve(value)
             if label_id is None:
                 hint = " (GLUE test splits carry no labels; evaluate the validation split)" if value == -1 else ""
