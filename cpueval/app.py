@@ -39,6 +39,7 @@ def run_job(cfg: DictConfig) -> str:
     after SIGUSR2, submitit's own handler then requeues the job. Handlers are restored on return."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    logging.captureWarnings(True)  # third-party warnings to the job log (logger py.warnings), not the console
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         with signals.interrupt_on_signals():

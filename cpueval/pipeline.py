@@ -163,6 +163,12 @@ def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime
             for idx in batching.plan_batches(lengths, runtime.batch_size, bucketing)]
 
 
+def _third_party_logs_to_job_log() -> None:
+    """transformers adds its own stderr handler on import; the job log (conf/config.yaml's job_logging)
+    keeps its warnings, the console shows cpueval's."""
+    transformers.utils.logging.disable_default_handler()
+
+
 def _set_progress_bars(enabled: bool) -> None:
     """Our bars (tokenization, forward loop) follow runtime.progress; transformers' weight-loading
     bars never show (loading is timed and reported instead)."""
@@ -279,6 +285,7 @@ class Run:
         self.record.threads = configure_threads(rt)
         self.record.warnings.extend(oversubscription(self.record.threads))
         _set_progress_bars(rt.progress)
+        _third_party_logs_to_job_log()
         torch.manual_seed(rt.seed)
 
     def load_model(self) -> None:
