@@ -67,11 +67,9 @@ def _load_json(path: Path) -> datasets.Dataset:
     try:
         payload = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        # maybe JSON lines saved with a .json suffix
-        try:
+        if _looks_like_json_lines(path):  # JSON lines saved with a .json suffix
             return _load_with_datasets("json", path)
-        except UserError:
-            raise UserError(f"data file {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+        raise UserError(f"data file {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
     _check_encodable(payload, path)
     if _is_nested_squad(payload):
         return datasets.Dataset.from_list(_squad_records(payload, path))
@@ -93,6 +91,14 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _looks_like_json_lines(path: Path) -> bool:
+    first = next((line for line in _read_text(path).splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _check_encodable(payload: Any, path: Path) -> None:
     """JSON escapes can hold a lone surrogate (half of a UTF-16 pair), which no tokenizer or Arrow
     column accepts: name the place instead of failing deep inside the library."""
@@ -111,10 +117,14 @@ def _first_line(err: BaseException) -> str:
 
 
 def _load_with_datasets(builder: str, path: Path, **kwargs: Any) -> datasets.Dataset:
+    library_log = logging.getLogger("datasets")
+    level, library_log.level = library_log.level, logging.CRITICAL  # it logs the error we report in one line
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # datasets raises many types for malformed files
         raise UserError(f"data file {path} could not be read as {builder}: {_first_line(err)}") from None
+    finally:
+        library_log.setLevel(level)
 
 
 def _check_table(path: Path, delimiter: str, quoting: int) -> None:

@@ -68,7 +68,10 @@ def config_error(err: BaseException) -> Optional[str]:
         close = difflib.get_close_matches(wanted, options, n=1)
         hint = f"did you mean {group}={close[0]}? " if close else ""
         return f"Could not find '{err.missing_cfg_file}': {hint}{group} is one of {', '.join(options)}"
-    if not isinstance(err, (ConfigCompositionException, OverrideParseException)):
+    if isinstance(err, OverrideParseException):
+        return (f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]} (syntax: "
+                f"https://hydra.cc/docs/advanced/override_grammar/basic; quote values with brackets or spaces)")
+    if not isinstance(err, ConfigCompositionException):
         return None
     lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith((" ", "\t"))]
     lines = [line.rstrip(".") for line in lines if not line.startswith(("To append", "Set the environment"))]
