@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import string
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +24,12 @@ from cpueval.launcher_errors import launcher_errors_in_one_line
 
 CONF_DIR = plugins.CONF_DIR
 log = logging.getLogger("cpueval")
+
+# conf/hydra/launcher/joblib.yaml replaces the joblib plugin's config of the same name on purpose (it
+# lists every field); Hydra warns about that match in the launching process and again in every worker,
+# which imports this module to run the task function.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name",
+                        category=UserWarning)
 
 
 def run_job(cfg: DictConfig) -> str:

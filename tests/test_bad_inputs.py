@@ -290,18 +290,18 @@ def test_bad_input_ends_in_one_line_and_a_record(case: Case, tmp_path, monkeypat
 @pytest.mark.parametrize("overrides,warning,ran", [
     (["task.max_seq_length=1024"], "task.max_seq_length=1024", {"actual.max_seq_length": 512}),
     (["runtime.intra_op_threads=64"], "runtime.intra_op_threads=64 is more than", {"threads.intra_op_threads": 64}),
-    (["data.path={tmp}/dev.json", "data.split=test"], "data.split=test", {"data.split": None}),
-    (["data.path={tmp}/dev.json", "data.revision=v2"], "data.revision=v2", {"data.split": None}),
-    (["model.name_or_path={tmp}/classifier_qa", "model.revision=v1"], "model.revision=v1", {"model.revision": None}),
+    (["data.split=test"], "data.split=test", {"data.split": None}),
+    (["data.revision=v2"], "data.revision=v2", {"data.split": None}),
+    (["model.name_or_path={tmp}/qa_model", "model.revision=v1"], "model.revision=v1", {"model.revision": None}),
 ], ids=["max_seq_length_capped", "threads_oversubscribed", "split_of_a_local_file", "revision_of_a_local_file",
         "revision_of_a_local_model"])
 def test_adjusted_or_inapplicable_values_run_warn_and_record_what_ran(overrides, warning, ran, tmp_path, monkeypatch,
                                                                       capsys, models) -> None:
     from cpueval.assets.builtin import ensure_builtin_model
 
-    (tmp_path / "classifier_qa").symlink_to(ensure_builtin_model("builtin:tiny-bert", "AutoModelForQuestionAnswering"))
+    (tmp_path / "qa_model").symlink_to(ensure_builtin_model("builtin:tiny-bert", "AutoModelForQuestionAnswering"))
     (tmp_path / "dev.json").write_text(GOOD_SQUAD)
-    outcome = run_cpueval(overrides, tmp_path, monkeypatch, capsys)
+    outcome = run_cpueval(["data.path={tmp}/dev.json", *overrides], tmp_path, monkeypatch, capsys)
     assert outcome.code == 0, outcome.stderr[-2000:]
     record = outcome.record
     assert record["status"] == "ok"
@@ -342,7 +342,8 @@ def test_a_full_disk_leaves_a_failed_record_not_a_running_one(tmp_path, monkeypa
         return real_save(record, run_dir)
 
     monkeypatch.setattr(records, "save", save)
-    outcome = run_cpueval([], tmp_path, monkeypatch, capsys)
+    (tmp_path / "dev.json").write_text(GOOD_SQUAD)
+    outcome = run_cpueval(["data.path={tmp}/dev.json"], tmp_path, monkeypatch, capsys)
     line = error_line(outcome)
     assert "hydra.run.dir" in line and "No space left on device" in line and "results.json" in line
     assert (outcome.run_dir / "predictions.json").exists()
