@@ -241,7 +241,7 @@ class Run:
         )
 
     def execute(self) -> RunRecord:
-        """The stages, after `begin` (the "running" record on disk, memory sampling on)."""
+        self.begin()            # "running" record on disk, memory sampling on
         self.check_plugins()    # config -> task, mode, precision; refusals before anything loads
         self.load_model()       # model + tokenizer
         self.load_data()        # examples, checked against the task's columns
@@ -260,8 +260,8 @@ class Run:
     # -- stages -----------------------------------------------------------------------------------
     def begin(self) -> None:
         self._t0 = time.perf_counter()
-        records.save(self.record)  # first: an unwritable run directory fails before anything starts
         self._rss = RssSampler().start()
+        records.save(self.record)
 
     def check_plugins(self) -> None:
         rt = self.rt
@@ -510,11 +510,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> RunRecord:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=<value>")
-    try:
-        run = Run(cfg, run_dir)
-        run.begin()
-    except OSError as err:  # the run directory itself cannot be written: no record possible
-        raise os_error_as_user_error(err, cfg, run_dir) or err from None
+    run = Run(cfg, run_dir)
     try:
         return run.execute()
     except OSError as err:
