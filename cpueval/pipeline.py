@@ -93,7 +93,8 @@ def inapplicable_settings(cfg: DictConfig) -> list[str]:
 
 def oversubscription(threads: Threads) -> list[str]:
     """More threads than usable cores make each forward call slower, not faster: say so."""
-    asked = {"runtime.intra_op_threads": threads.intra_op_threads, "runtime.inter_op_threads": threads.inter_op_threads}
+    intra_key = threads.intra_op_source if threads.intra_op_source != "affinity" else "runtime.intra_op_threads"
+    asked = {intra_key: threads.intra_op_threads, "runtime.inter_op_threads": threads.inter_op_threads}
     return [f"{key}={n} is more than the {threads.usable_cores} usable cores here: threads compete for cores and "
             f"timings suffer; use <= {threads.usable_cores} (or null)"
             for key, n in asked.items() if threads.usable_cores and n > threads.usable_cores]
