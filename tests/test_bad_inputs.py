@@ -408,3 +408,18 @@ def test_the_console_script_answers_help_and_config_errors_without_torch(tmp_pat
     assert typo.returncode == 2 and typo.stderr.strip().splitlines() == [
         "cpueval: error: Could not find 'mode/eagr': did you mean mode=eager? mode is one of compile, eager, ipex, "
         "ipex_jit, jit, onnxruntime, openvino"]
+
+
+def test_declared_columns_leave_existing_job_hashes_unchanged() -> None:
+    """Unmapped canonical columns (null) are left out of the job's identity: sweeps run before they were
+    declared still resume (skip-if-done compares hashes)."""
+    from hydra import compose, initialize_config_dir
+
+    from cpueval.identity import job_config, job_hash
+
+    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["data.columns.text=sentence"])
+    plain = job_config(cfg)
+    assert plain["data"]["columns"] == {"text": "sentence"}
+    plain["data"]["columns"] = {"text": "sentence", "label": None}
+    assert job_hash(plain) == job_hash(cfg)
