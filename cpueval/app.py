@@ -4,9 +4,14 @@ and `cpueval mlflow DIR...` (import runs and sweeps into MLflow)."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
+import string
 import sys
+import warnings
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +24,12 @@ from cpueval.launcher_errors import launcher_errors_in_one_line
 
 CONF_DIR = plugins.CONF_DIR
 log = logging.getLogger("cpueval")
+
+# conf/hydra/launcher/joblib.yaml replaces the joblib plugin's config of the same name on purpose (it
+# lists every field); Hydra warns about that match in the launching process and again in every worker,
+# which imports this module to run the task function.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name",
+                        category=UserWarning)
 
 
 def run_job(cfg: DictConfig) -> str:
@@ -35,6 +46,7 @@ def run_job(cfg: DictConfig) -> str:
     after SIGUSR2, submitit's own handler then requeues the job. Handlers are restored on return."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    logging.captureWarnings(True)  # third-party warnings to the job log (logger py.warnings), not the console
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         with signals.interrupt_on_signals():
@@ -97,16 +109,73 @@ SUBCOMMANDS = {
 }
 
 
+# Imported by plug-in modules but first used when a job runs: deferred, so `--help`, `--cfg` and config
+# errors answer in about a second instead of after torch and datasets load (~5 s of imports).
+DEFERRED_IMPORTS = ("torch", "datasets")
+
+
+class _DeferredModule(importlib.util._LazyModule):  # type: ignore[name-defined,misc]
+    """importlib's lazy module, except that reading `__spec__` does not load it: on Python < 3.12 every
+    later `import torch` statement reads it, which would load the module at once."""
+
+    def __getattribute__(self, attr: str) -> object:
+        if attr == "__spec__":
+            return object.__getattribute__(self, "__dict__")["__spec__"]
+        return super().__getattribute__(attr)
+
+
+def defer_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
+    """Import `names` lazily (importlib's LazyLoader): each module loads on its first real attribute access."""
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            continue
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        module.__class__ = _DeferredModule
+
+
+def print_help(overrides: Sequence[str]) -> int:
+    """`cpueval --help [overrides]`: conf/config.yaml's hydra.help template with the composed config.
+    Hydra's own --help would also list every ConfigStore entry, which costs seconds and lists the
+    internal `<name>_schema` entries; `--hydra-help` still shows Hydra's."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from cpueval.launcher_errors import config_error
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="cpueval"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    except Exception as err:
+        message = config_error(err)
+        if message is None:
+            raise
+        print(f"cpueval: error: {message}", file=sys.stderr)
+        return 2
+    template = str(cfg.hydra.help.template)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(string.Template(template).safe_substitute(CONFIG=OmegaConf.to_yaml(cfg)))
+    return 0
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        import importlib
-
         sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
-    from cpueval.config import register_configs  # imports torch and transformers: not for the subcommands
+    defer_imports()
+    from cpueval.config import register_configs
 
     plugins.add_search_dirs(plugins.search_dirs_from_argv(sys.argv[1:]))
     register_configs()
     identity.register_resolvers()
+    if {"--help", "-h"} & set(sys.argv[1:]) and not any(a.startswith("-") and a not in ("--help", "-h")
+                                                         for a in sys.argv[1:]):
+        sys.exit(print_help([a for a in sys.argv[1:] if a not in ("--help", "-h")]))
     with launcher_errors_in_one_line():
         hydra_main()
     # 1 when a job of this multirun launch failed, 3 when jobs were only refused (0 for single runs,

@@ -36,6 +36,15 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
+def canonical_columns() -> dict[str, None]:
+    """Every task plug-in's canonical column names (required and optional), each mapped to None."""
+    names: set[str] = set()
+    for info in plugins.discover()["task"].values():
+        task = info.load_class()
+        names.update(getattr(task, "required_columns", ()), getattr(task, "optional_columns", ()))
+    return dict.fromkeys(sorted(names))
+
+
 @dataclass
 class DataConfig:
     # Hub dataset name (e.g. "squad", "glue") with optional subset (e.g. "sst2") ...
@@ -46,8 +55,9 @@ class DataConfig:
     format: str = "auto"  # auto | squad | json | jsonl | csv | tsv | parquet | conll
     split: str = "validation"
     max_eval_samples: Optional[int] = None
-    # canonical column name (the task's) -> the column name in this data set
-    columns: dict[str, str] = field(default_factory=dict)
+    # canonical column name (the task's) -> the column name in this data set. Every task's canonical
+    # names are declared (null: not renamed), so `data.columns.<name>=<column>` works without a `+`.
+    columns: dict[str, Optional[str]] = field(default_factory=lambda: canonical_columns())
     revision: Optional[str] = None
 
 
@@ -85,9 +95,21 @@ class Config:
     note: Optional[str] = None
 
 
+def config_groups() -> str:
+    """`group: option, ...` per line, from the yaml files of every config dir (the option names a
+    user types; the `<name>_schema` entries in Hydra's ConfigStore are not options). For --help."""
+    groups: dict[str, set[str]] = {}
+    for root in plugins.search_dirs():
+        for path in root.glob("*/*.yaml"):
+            if path.parent.name not in ("hydra", "local"):
+                groups.setdefault(path.parent.name, set()).add(path.stem)
+    return "".join(f"{group}: {', '.join(sorted(options))}\n" for group, options in sorted(groups.items()))
+
+
 def register_configs() -> None:
     """Store the root schema and every plug-in's schema in Hydra's ConfigStore (idempotent)."""
     if not OmegaConf.has_resolver("cpueval.asset"):
         OmegaConf.register_new_resolver("cpueval.asset", lambda name: str(ASSETS_DIR / name))
+        OmegaConf.register_new_resolver("cpueval.config_groups", config_groups)
     ConfigStore.instance().store(name="cpueval_schema", node=Config)
     plugins.register_configs()

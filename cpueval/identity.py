@@ -39,6 +39,9 @@ def job_config(cfg: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
     data = json.loads(json.dumps(jsonable(data), default=str))  # same form as results.json's copy
     for dotted in (*NOT_IN_HASH, *leave_out):
         drop(data, dotted)
+    columns = data.get("data", {}).get("columns") if isinstance(data.get("data"), dict) else None
+    if isinstance(columns, dict):  # unmapped canonical columns (null) are the default: same hash as before
+        data["data"]["columns"] = {k: v for k, v in columns.items() if v is not None}
     return data
 
 

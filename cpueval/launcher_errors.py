@@ -1,9 +1,12 @@
-"""Errors the launcher raises outside the job (no Slurm on this machine, sbatch refusing the job
-array, a Slurm job that ended without a result), turned into one `cpueval: error:` line."""
+"""Errors raised outside the job (a config that does not compose: unknown option, typo, wrong type;
+no Slurm on this machine, sbatch refusing the job array, a Slurm job that ended without a result),
+turned into one `cpueval: error:` line."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import errno
 import os
 import re
 import sys
@@ -54,9 +57,41 @@ _SBATCH_CAUSES = (("partition", ("partition",)), ("memory", ("mem_gb",)), ("proc
                   ("node configuration", ("cpus_per_task", "mem_gb")))
 
 
+def config_error(err: BaseException) -> Optional[str]:
+    """One line for a config that does not compose (Hydra's own message spans several lines, lists
+    the internal `<name>_schema` entries as options and suggests `+key` for what is usually a typo)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group, _, wanted = str(err.missing_cfg_file).rpartition("/")
+        options = [o for o in err.options if not o.endswith("_schema")]
+        close = difflib.get_close_matches(wanted, options, n=1)
+        hint = f"did you mean {group}={close[0]}? " if close else ""
+        return f"Could not find '{err.missing_cfg_file}': {hint}{group} is one of {', '.join(options)}"
+    if isinstance(err, OverrideParseException):
+        return (f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]} (syntax: "
+                f"https://hydra.cc/docs/advanced/override_grammar/basic; quote values with brackets or spaces)")
+    if not isinstance(err, ConfigCompositionException):
+        return None
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    lines = [line.rstrip(".") for line in lines if not line.startswith(("To append", "Set the environment"))]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    return "; ".join(dict.fromkeys(lines)) + " (`cpueval --cfg job` prints every key and its value)"
+
+
 def launcher_error(err: BaseException) -> Optional[tuple[str, int]]:
-    """(one-line message, exit code) for a launcher error a user can act on, else None."""
+    """(one-line message, exit code) for a config or launcher error a user can act on, else None."""
     text = str(err)
+    composing = config_error(err)
+    if composing is not None:
+        return composing, 2
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.ENOTDIR, errno.EEXIST):
+        # Hydra creates the run (or sweep) directory and its log before the job starts
+        return (f"hydra.run.dir (hydra.sweep.dir for -m): cannot create {err.filename or 'the output directory'}: "
+                f"{err.strerror or err}; set it to a directory you can write, e.g. hydra.run.dir=/tmp/cpueval-run", 2)
     if isinstance(err, RuntimeError) and 'Could not detect "srun"' in text:
         return ("hydra/launcher=slurm needs Slurm, but there is no srun/sbatch on PATH (not a Slurm login "
                 "node?): run it where Slurm is, or use hydra/launcher=local (submitit on this machine) or "

@@ -32,12 +32,13 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching, calibration, plugins, records
+from cpueval import batching, cache_files, calibration, plugins, records
+from cpueval.checks import inapplicable_settings, os_error_as_user_error, oversubscription
 from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.environment import describe_environment, detect_capabilities, package_version, usable_cores
 from cpueval.errors import Refused, UserError
 from cpueval.identity import job_hash
-from cpueval.models import LoadedModel, load_model
+from cpueval.models import LoadedModel, load_model, max_positions
 from cpueval.modes.base import Mode, PrepareContext, PreparedModel
 from cpueval.precisions.base import Precision
 from cpueval.records import (Actual, DataInfo, ErrorInfo, Latency, Memory, ModelInfo, OutputParity, Parity, Requested, RunRecord,
@@ -48,7 +49,8 @@ from cpueval.timing import RssSampler, StageTimer, latency_summary, peak_rss_mb,
 
 log = logging.getLogger("cpueval")
 
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2  # 2: entries carry a manifest of checksums (cpueval/cache_files.py)
+FEATURE_MANIFEST = "cpueval_manifest.json"
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -83,19 +85,36 @@ def tokenize_cached(task: Task, examples: datasets.Dataset, examples_fingerprint
     if not cache_dir:
         return task.tokenize(examples, tokenizer), "disabled"
     target = Path(cache_dir).expanduser() / "features" / key
-    if (target / "dataset_info.json").exists():
-        with _quiet_datasets():
-            return datasets.load_from_disk(str(target)), "hit"
+    cached = _load_feature_cache(target)
+    if cached is not None:
+        return cached, "hit"
     features = task.tokenize(examples, tokenizer)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
     try:
         with _quiet_datasets():
             features.save_to_disk(str(tmp))
+        cache_files.write_manifest(tmp, FEATURE_MANIFEST)
         os.rename(tmp, target)  # atomic; a concurrent job that won the race leaves target in place
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return features, "miss"
+
+
+def _load_feature_cache(target: Path) -> Optional[datasets.Dataset]:
+    """The cached features at `target`, or None when absent; a corrupt entry is reported and removed."""
+    if not target.exists():
+        return None
+    problem = cache_files.problem(target, FEATURE_MANIFEST)
+    if problem is None:
+        try:
+            with _quiet_datasets():
+                return datasets.load_from_disk(str(target))
+        except Exception as err:  # noqa: BLE001 - any load failure means the entry is unusable
+            problem = f"{type(err).__name__}: {str(err).strip()[:100]}"
+    log.warning("feature cache entry %s is corrupt (%s): removing it and tokenizing again", target, problem)
+    cache_files.discard(target)
+    return None
 
 
 @contextlib.contextmanager
@@ -118,6 +137,12 @@ def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime
     pad_values = {"input_ids": tokenizer.pad_token_id or 0}
     return [batching.collate(data, idx, columns, pad_values, runtime.pad_to_multiple_of, task.config.max_seq_length)
             for idx in batching.plan_batches(lengths, runtime.batch_size, bucketing)]
+
+
+def _third_party_logs_to_job_log() -> None:
+    """transformers adds its own stderr handler on import; the job log (conf/config.yaml's job_logging)
+    keeps its warnings, the console shows cpueval's."""
+    transformers.utils.logging.disable_default_handler()
 
 
 def _set_progress_bars(enabled: bool) -> None:
@@ -225,22 +250,40 @@ class Run:
             raise UserError(f"runtime.batch_size={rt.batch_size} must be > 0")
         if rt.pad_to_multiple_of <= 0:
             raise UserError(f"runtime.pad_to_multiple_of={rt.pad_to_multiple_of} must be > 0 (1: no rounding)")
+        for key in ("warmup_batches", "parity_batches"):
+            if rt[key] < 0:
+                raise UserError(f"runtime.{key}={rt[key]} must be >= 0 (0: none)")
         self.task.validate_config()
         job = (self.task, self.mode, self.precision)
         add_plugin_facts(self.record.environment, [r.package for p in job for r in p.requirements()], self.caps)
         self.record.warnings.extend(plugins.check_job(self.caps, *job))
+        self.record.warnings.extend(inapplicable_settings(self.cfg))
         self.record.threads = configure_threads(rt)
+        self.record.warnings.extend(oversubscription(self.record.threads))
         _set_progress_bars(rt.progress)
+        _third_party_logs_to_job_log()
         torch.manual_seed(rt.seed)
 
     def load_model(self) -> None:
         with self.timer.stage("model_load"):
             self.loaded: LoadedModel = load_model(self.cfg.model, self.task, self.rt.cache_dir)
         self.record.model = ModelInfo(**self.loaded.identity)
+        self.fit_sequence_length()
         if self.record.model.builtin_random_weights:
             self.record.warnings.append(
                 f"the model has RANDOM weights ({self.cfg.model.name_or_path}): the metrics mean nothing. Evaluate a "
                 "real model with model.name_or_path=<hub id or local dir> and data.path=<file> (or data.name=<hub dataset>)")
+
+    def fit_sequence_length(self) -> None:
+        """task.max_seq_length above what the model accepts is capped (warned; results.json's
+        actual.max_seq_length says what ran), then the task's settings are checked again."""
+        limit = max_positions(self.loaded.model, self.loaded.tokenizer)
+        asked = self.task.config.max_seq_length
+        if limit is not None and asked > limit:
+            self.task.config.max_seq_length = limit
+            self.record.warnings.append(f"task.max_seq_length={asked} is more than this model accepts ({limit} "
+                                        f"positions): ran with {limit} (actual.max_seq_length in results.json)")
+            self.task.validate_config()
 
     def load_data(self) -> None:
         with self.timer.stage("data_load"):
@@ -248,7 +291,8 @@ class Run:
             require_columns(examples, self.task.required_columns, source)
             self.examples = self.task.prepare_examples(examples, source)
             self.examples_fp = fingerprint(self.examples)
-        self.record.data = DataInfo(source=source, split=self.cfg.data.split, num_examples=len(self.examples),
+        split = None if self.cfg.data.path else self.cfg.data.split  # a local file has no splits: all rows ran
+        self.record.data = DataInfo(source=source, split=split, num_examples=len(self.examples),
                                     fingerprint=self.examples_fp)
 
     def calibration_data(self) -> None:
@@ -334,6 +378,7 @@ class Run:
         files = self.task.write_predictions(self.examples, self.predictions, self.run_dir)
         record, loop = self.record, self.loop
         record.actual = Actual(mode=self.prepared.mode, precision=self.precision.name,
+                               max_seq_length=self.task.config.max_seq_length,
                                attn_implementation=self.loaded.identity["attn_implementation"],
                                details=self.prepared.details,
                                precision_details=self.prepared.precision_details or self.precision.details())
@@ -349,7 +394,10 @@ class Run:
     def fail(self, status: str, error: BaseException) -> None:
         self.record.status = status  # type: ignore[assignment]
         self.record.error = ErrorInfo(type=type(error).__name__, message=str(error))
-        self.finish()
+        try:
+            self.finish()
+        except OSError as err:  # the record went in place (finish); the error being raised says more
+            log.error("results.json could not be written atomically: %s", err)
 
     def finish(self, counts: Optional[tuple[int, int, int, float]] = None) -> None:
         """Close the record (timing, memory, and throughput from `counts` = examples, features,
@@ -359,7 +407,24 @@ class Run:
         if counts is not None:
             self.record.throughput = throughput(self.record.timing.total, *counts)
         self.record.memory = Memory(peak_rss_mb=self._rss.stop(), process_peak_rss_mb=peak_rss_mb())
-        records.save(self.record)
+        try:
+            records.save(self.record)
+        except OSError as err:  # e.g. a full disk: never leave results.json saying "running" (or "ok")
+            if self.record.status in ("ok", "running"):
+                self.record.status = "failed"
+                self.record.error = ErrorInfo(type=type(err).__name__, message=f"results.json not written: {err}")
+            overwrite_in_place(self.run_dir / records.RESULTS_FILE, records.to_dict(self.record))
+            raise
+
+
+def overwrite_in_place(path: Path, data: dict[str, Any]) -> None:
+    """Last resort when the atomic write failed (full disk): truncating the old file frees its blocks
+    for the new content, written compact."""
+    try:
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(records.jsonable(data), separators=(",", ":"), ensure_ascii=False) + "\n")
+    except OSError as err:
+        log.error("%s could not be written either: %s", path, err)
 
 
 def add_plugin_facts(env: records.Environment, packages: Sequence[str], caps: Any) -> None:
@@ -399,6 +464,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> RunRecord:
     run = Run(cfg, run_dir)
     try:
         return run.execute()
+    except OSError as err:
+        problem = os_error_as_user_error(err, cfg, run_dir)
+        run.fail("failed", problem or err)
+        if problem is None:
+            raise
+        raise problem from None
     except Refused as err:
         run.fail("refused", err)
         raise

@@ -59,6 +59,8 @@ class Actual:
     mode: str
     precision: str
     attn_implementation: Optional[str] = None
+    # the task.max_seq_length that ran: the requested one, or the model's limit when that is lower (capped)
+    max_seq_length: Optional[int] = None
     details: dict[str, Any] = field(default_factory=dict)  # the mode's (trace shape, compile options, export)
     precision_details: dict[str, Any] = field(default_factory=dict)  # what the precision did (layers quantized)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -577,7 +578,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         path = write_report(args.dirs, out, args.baseline, args.gate, args.gate_metric)
     except (FileNotFoundError, ValueError) as err:
-        print(f"cpueval report: error: {err}", flush=True)
+        print(f"cpueval report: error: {err}", file=sys.stderr, flush=True)
         return 2
     print(path.read_text(encoding="utf-8"))
     print(f"written: {out}/ (report.md, table.csv, table.parquet, plots)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import string
@@ -21,9 +22,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cpueval import cache_files
+
+log = logging.getLogger("cpueval")
+
 BUILTIN_PREFIX = "builtin:"
 # Bump when the build changes in a way the hash inputs do not capture (code, sizes, vocab rules).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the marker file lists every file's sha256 (cpueval/cache_files.py)
 SEED = 0
 MARKER_FILE = "cpueval_builtin.json"
 ASSETS_DIR = Path(__file__).resolve().parent
@@ -98,11 +103,12 @@ def ensure_builtin_model(
     labels = _check_request(name, head, labels)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / "builtin" / f"{name[len(BUILTIN_PREFIX):]}-{head}-{_cache_key(name, head, labels)}"
-    if _is_complete(final):
-        return final
     if final.exists():
-        # Only an atomic rename creates this directory, so a partial one was made by hand.
-        raise RuntimeError(f"{final} exists but has no {MARKER_FILE}; delete it so it can be rebuilt")
+        problem = cache_files.problem(final, MARKER_FILE)
+        if problem is None:
+            return final
+        log.warning("builtin model cache %s is corrupt (%s): rebuilding it", final, problem)
+        cache_files.discard(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -153,7 +159,7 @@ def _library_versions() -> dict[str, str]:
 
 
 def _is_complete(path: Path) -> bool:
-    return (path / MARKER_FILE).is_file()
+    return cache_files.problem(path, MARKER_FILE) is None
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -188,7 +194,7 @@ def _build(target: Path, name: str, head: str, labels: list[str] | None) -> None
         "assets": list(SAMPLE_FILES),
         "versions": _library_versions(),
     }
-    (target / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    cache_files.write_manifest(target, MARKER_FILE, info)
 
 
 def _build_tokenizer(texts: list[str]) -> Any:

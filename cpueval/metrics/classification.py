@@ -13,7 +13,6 @@ the binary-only scores (f1 of the positive class, Matthews) are reported.
 
 from collections.abc import Sequence
 
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 def classification_metrics(
@@ -27,6 +26,8 @@ def classification_metrics(
     ``positive_label`` (default 1) names the class whose F1 is reported; it is
     only meaningful for binary tasks, so passing it otherwise is an error.
     """
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef  # slow import: not at config time
+
     _validate(labels, predictions, num_labels, positive_label)
     result = {
         "accuracy": 100.0 * float(accuracy_score(labels, predictions)),

@@ -16,10 +16,7 @@ import re
 import warnings
 from typing import TypedDict
 
-from seqeval.metrics import accuracy_score, classification_report
-from seqeval.scheme import IOB1, IOB2, Token
-
-SCHEMES: dict[str, type[Token]] = {"IOB1": IOB1, "IOB2": IOB2}
+SCHEMES = ("IOB1", "IOB2")  # seqeval.scheme classes, imported when scoring (not at config time)
 MODES = ("default", "strict")
 _IOB_TAG = re.compile(r"O|[BI]-.+")
 
@@ -50,8 +47,11 @@ def token_classification_metrics(
     Raises ValueError for an unknown scheme or mode, sentences or tokens that do
     not pair up, or a tag that is neither ``O`` nor ``B-``/``I-`` plus a type.
     """
+    from seqeval import scheme as schemes
+    from seqeval.metrics import accuracy_score, classification_report
+
     _validate(true_tags, pred_tags, scheme, mode)
-    strict = {"mode": "strict", "scheme": SCHEMES[scheme]} if mode == "strict" else {}
+    strict = {"mode": "strict", "scheme": getattr(schemes, scheme)} if mode == "strict" else {}
     with warnings.catch_warnings():
         # Without any entity seqeval's unused macro average is a mean of nothing; numpy warns about it.
         warnings.simplefilter("ignore", RuntimeWarning)

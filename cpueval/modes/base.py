@@ -25,8 +25,8 @@ from cpueval.plugins import Plugin
 if TYPE_CHECKING:
     from cpueval.precisions.base import Precision
 
-Inputs = Mapping[str, torch.Tensor]
-Outputs = Mapping[str, torch.Tensor]
+Inputs = Mapping[str, "torch.Tensor"]
+Outputs = Mapping[str, "torch.Tensor"]
 
 
 @dataclass

@@ -56,7 +56,7 @@ class WeightScales(StrEnum):
 NOT_NATIVE = "int8 is not native on this CPU (no VNNI/AMX-INT8): quantized matmuls may be slower than fp32"
 AO_DEPRECATED = (
     "int8 backend ao_dynamic uses torch.ao.quantization.quantize_dynamic, which torch deprecates in favour of "
-    f"torchao (still works in torch {torch.__version__}); backend=torchao is its successor (mode=compile)"
+    "torchao (still works in torch {torch_version}); backend=torchao is its successor (mode=compile)"
 )
 
 
@@ -103,7 +103,7 @@ class Int8Precision(Precision):
 
     def check(self, caps: Capabilities, mode: Any) -> None:
         if self.config.backend == "ao_dynamic" and not mode.implements(self):
-            self.warn(AO_DEPRECATED)
+            self.warn(AO_DEPRECATED.format(torch_version=torch.__version__))
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

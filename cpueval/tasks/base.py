@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import datasets
 import numpy as np
 from omegaconf import MISSING
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
 from cpueval.plugins import Plugin
+
+if TYPE_CHECKING:  # transformers is imported when a task runs, not when configs are composed (fast --help)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Per-feature model outputs, unpadded: output name -> array whose first axis is the feature's tokens
 # (QA start/end logits, token-classification logits) or a vector (sequence-classification logits).
@@ -46,11 +48,13 @@ class Task(Plugin):
     """Base class for tasks. Subclasses set the class attributes and implement the hooks."""
 
     group = "task"
-    # transformers Auto class for this task's head, e.g. AutoModelForQuestionAnswering (the builtin
-    # random model is built with it too)
-    auto_model_class: ClassVar[type]
+    # name of the transformers Auto class for this task's head, e.g. "AutoModelForQuestionAnswering"
+    # (the builtin random model is built with it too); a name, so composing configs imports no transformers
+    auto_model: ClassVar[str]
     # canonical columns the loaded data must have (after data.columns renaming)
     required_columns: ClassVar[tuple[str, ...]]
+    # canonical columns read when present (each can be mapped with data.columns.<name>=<your column>)
+    optional_columns: ClassVar[tuple[str, ...]] = ("id",)
     # model inputs the features carry (those present are batched and fed to the model)
     input_columns: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "token_type_ids")
     # output names the forward pass must return, e.g. ("start_logits", "end_logits")
@@ -61,6 +65,12 @@ class Task(Plugin):
     version: ClassVar[int] = 1
     # a checkpoint saved for another head (config.architectures) is refused rather than given a random head
     architecture_suffix: ClassVar[str]
+
+    @property
+    def auto_model_class(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.auto_model)
 
     def validate_config(self) -> None:
         """Raise UserError for settings that cannot work, before anything is loaded."""

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import datasets
 import numpy as np
-from transformers import AutoModelForQuestionAnswering, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
 from cpueval.metrics.squad import squad_v1, squad_v2
 from cpueval.records import write_json_atomic
 from cpueval.tasks.base import FeatureOutputs, Predictions, Task, TaskConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -41,8 +43,9 @@ SCHEMA = QATaskConfig
 
 
 class QuestionAnswering(Task):
-    auto_model_class = AutoModelForQuestionAnswering
+    auto_model = "AutoModelForQuestionAnswering"
     required_columns = ("id", "question", "context", "answers")
+    optional_columns = ("title",)
     output_names = ("start_logits", "end_logits")
     architecture_suffix = "ForQuestionAnswering"
     version = 1
@@ -67,7 +70,26 @@ class QuestionAnswering(Task):
                             f"not a string (convert CSV answers to JSON lines or the SQuAD format)")
         if "id" in examples.column_names and len(set(examples["id"])) != len(examples):
             raise UserError(f"{source}: question ids in column 'id' are not unique")
+        for question_id, answers in zip(examples["id"], examples["answers"]):
+            self._check_answers(question_id, answers, source)
         return examples
+
+    def _check_answers(self, question_id: str, answers: Any, source: str) -> None:
+        """Gold answers are scored only after the forward loop: check them now, before any compute."""
+        where = f"{source} question {question_id!r}"
+        if not (isinstance(answers, dict) and isinstance(answers.get("text"), list)
+                and isinstance(answers.get("answer_start"), list)):
+            raise UserError(f"{where}: answers must be {{'text': [...], 'answer_start': [...]}}, got {answers!r:.80}")
+        texts, starts = answers["text"], answers["answer_start"]
+        if len(texts) != len(starts):
+            raise UserError(f"{where}: {len(texts)} answer texts but {len(starts)} answer_start values")
+        bad = [s for s in starts if not isinstance(s, int) or isinstance(s, bool) or s < 0]
+        if bad or not all(isinstance(t, str) for t in texts):
+            what = f"answer_start {bad[0]!r} is not a character offset" if bad else "an answer text is not a string"
+            raise UserError(f"{where}: {what}; fix the data")
+        if not texts and not self.config.version_2_with_negative:
+            raise UserError(f"{where} has no gold answer: SQuAD v1.1 scoring needs one per question; for SQuAD v2 "
+                            f"data (unanswerable questions) set task.version_2_with_negative=true")
 
     # -- pre-processing --------------------------------------------------------------------
     def tokenization_key(self) -> dict[str, Any]:

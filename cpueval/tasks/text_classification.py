@@ -15,16 +15,18 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import datasets
 import numpy as np
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from cpueval.errors import UserError
 from cpueval.metrics.classification import classification_metrics
 from cpueval.records import write_lines_atomic, write_text_atomic
 from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig, with_string_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PREDICTION_FORMATS = ("jsonl", "csv")
 PREDICTION_FIELDS = ("id", "prediction", "score", "label")
@@ -46,8 +48,9 @@ SCHEMA = TextClassificationConfig
 
 
 class TextClassification(Task):
-    auto_model_class = AutoModelForSequenceClassification
+    auto_model = "AutoModelForSequenceClassification"
     required_columns = ("text",)
+    optional_columns = ("id", "text_pair", "label")
     output_names = ("logits",)
     architecture_suffix = "ForSequenceClassification"
     per_token = False
@@ -93,6 +96,9 @@ class TextClassification(Task):
         labels = self._labels_for(feature)
         ids = []
         for row, value in enumerate(values, start=1):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise UserError(f"{source} row {row}: the label cell is empty; every row needs a gold label "
+                                f"(fill it or drop the row)")
             label_id = labels.resolve(value)
             if label_id is None:
                 hint = " (GLUE test splits carry no labels; evaluate the validation split)" if value == -1 else ""

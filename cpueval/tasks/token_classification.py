@@ -26,17 +26,19 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import datasets
 import numpy as np
-from transformers import AutoModelForTokenClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from cpueval.data import register_reader
 from cpueval.errors import UserError
 from cpueval.metrics.token_classification import token_classification_metrics
 from cpueval.records import write_lines_atomic
 from cpueval.tasks.base import FeatureOutputs, LabelSpace, Predictions, Task, TaskConfig, with_string_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # CoNLL-2003 in the order of the hub data set's ClassLabel (and of the builtin model's head).
 CONLL2003_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -75,7 +77,7 @@ SCHEMA = TokenClassificationConfig
 
 
 class TokenClassification(Task):
-    auto_model_class = AutoModelForTokenClassification
+    auto_model = "AutoModelForTokenClassification"
     required_columns = ("tokens", "tags")
     output_names = ("logits",)
     architecture_suffix = "ForTokenClassification"

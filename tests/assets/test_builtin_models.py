@@ -173,11 +173,19 @@ def test_losing_the_rename_race_uses_the_winner(tmp_path: Path, monkeypatch: pyt
     assert [p.name for p in (tmp_path / "builtin").iterdir()] == [path.name]
 
 
-def test_partial_directory_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["marker_removed", "weights_truncated"])
+def test_a_partial_or_corrupt_build_is_reported_and_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
     good = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
-    (good / "cpueval_builtin.json").unlink()
-    with pytest.raises(RuntimeError, match="delete it"):
-        ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
+    weights = good / "model.safetensors"
+    intact = weights.read_bytes()
+    if damage == "marker_removed":
+        (good / "cpueval_builtin.json").unlink()
+    else:
+        weights.write_bytes(intact[: len(intact) // 2])
+    with caplog.at_level("WARNING", logger="cpueval"):
+        again = ensure_builtin_model(NAME, "AutoModelForQuestionAnswering", cache_dir=tmp_path)
+    assert again == good and weights.read_bytes() == intact
+    assert any(str(good) in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
 
 
 def test_unknown_name(tmp_path: Path) -> None:
