@@ -5,7 +5,6 @@ and `cpueval mlflow DIR...` (import runs and sweeps into MLflow)."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import string
 import sys
@@ -18,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cpueval import identity, plugins, resume, signals, sweep_callback
+from cpueval import identity, lazy_imports, plugins, resume, signals, sweep_callback
 from cpueval.errors import UserError
 from cpueval.launcher_errors import launcher_errors_in_one_line
 
@@ -109,36 +108,6 @@ SUBCOMMANDS = {
 }
 
 
-# Imported by plug-in modules but first used when a job runs: deferred, so `--help`, `--cfg` and config
-# errors answer in about a second instead of after torch and datasets load (~5 s of imports).
-DEFERRED_IMPORTS = ("torch", "datasets")
-
-
-class _DeferredModule(importlib.util._LazyModule):  # type: ignore[name-defined,misc]
-    """importlib's lazy module, except that reading `__spec__` does not load it: on Python < 3.12 every
-    later `import torch` statement reads it, which would load the module at once."""
-
-    def __getattribute__(self, attr: str) -> object:
-        if attr == "__spec__":
-            return object.__getattribute__(self, "__dict__")["__spec__"]
-        return super().__getattribute__(attr)
-
-
-def defer_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
-    """Import `names` lazily (importlib's LazyLoader): each module loads on its first real attribute access."""
-    for name in names:
-        if name in sys.modules:
-            continue
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            continue
-        spec.loader = importlib.util.LazyLoader(spec.loader)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        module.__class__ = _DeferredModule
-
-
 def print_help(overrides: Sequence[str]) -> int:
     """`cpueval --help [overrides]`: conf/config.yaml's hydra.help template with the composed config.
     Hydra's own --help would also list every ConfigStore entry, which costs seconds and lists the
@@ -167,7 +136,7 @@ def print_help(overrides: Sequence[str]) -> int:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:]))
-    defer_imports()
+    lazy_imports.defer_imports()
     from cpueval.config import register_configs
 
     plugins.add_search_dirs(plugins.search_dirs_from_argv(sys.argv[1:]))
