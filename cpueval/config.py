@@ -70,6 +70,13 @@ class RuntimeConfig:
     cache_dir: Optional[str] = "${oc.env:CPUEVAL_CACHE,${oc.env:HOME}/.cache/cpueval}"
     # Re-run a job even if its directory already holds an ok result for the same config.
     force: bool = False
+    # throughput: batches of batch_size, longest first. latency: one request (batch size 1) at a time,
+    # in dataset order, with per-request percentiles.
+    scenario: str = "throughput"
+    # Worker processes, each pinned to its own cores with its own prepared model (1: this process).
+    instances: int = 1
+    # Cores per instance (None: the usable cores divided evenly among the instances).
+    cores_per_instance: Optional[int] = None
 
 
 @dataclass

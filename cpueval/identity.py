@@ -22,6 +22,9 @@ from cpueval.records import jsonable
 
 HASH_CHARS = 8
 NOT_IN_HASH = ("runtime.force", "runtime.progress", "runtime.cache_dir")
+# Settings added after records existed: at their default they are left out of the hash, so earlier jobs keep
+# their identity (and are skipped as done); any other value (a latency scenario, 2 instances) makes a new job.
+HASHED_UNLESS_DEFAULT = {"runtime.scenario": "throughput", "runtime.instances": 1, "runtime.cores_per_instance": None}
 # Longest readable part of a job directory name; the hash keeps truncated names distinct.
 MAX_READABLE = 180  # + '__' + hash stays well under the 255-byte name limit
 
@@ -39,7 +42,20 @@ def job_config(cfg: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
     data = json.loads(json.dumps(jsonable(data), default=str))  # same form as results.json's copy
     for dotted in (*NOT_IN_HASH, *leave_out):
         drop(data, dotted)
+    for dotted, default in HASHED_UNLESS_DEFAULT.items():
+        if lookup(data, dotted, default) == default:
+            drop(data, dotted)
     return data
+
+
+def lookup(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """The value at `a.b.c` in nested dicts, or `default`."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def drop(data: dict[str, Any], dotted: str) -> None:

@@ -160,7 +160,8 @@ class Throughput:
 
 @dataclass
 class Latency:
-    """Per-call forward latency in milliseconds."""
+    """Per-call forward latency in milliseconds: one call is a batch (throughput scenario) or one
+    request of batch size 1 (runtime.scenario=latency)."""
 
     count: int
     mean: Optional[float] = None
@@ -169,6 +170,28 @@ class Latency:
     p99: Optional[float] = None
     min: Optional[float] = None
     max: Optional[float] = None
+    p999: Optional[float] = None
+
+
+@dataclass
+class Instance:
+    """One worker process of a multi-instance run (runtime.instances > 1)."""
+
+    index: int
+    pid: int
+    cores: list[int]  # its affinity mask: disjoint from the other instances'
+    threads: int
+    batches: int
+    examples: int  # examples whose features are all in this instance's shard
+    features: int
+    real_tokens: int
+    prepare_s: float
+    warmup_s: float
+    forward_loop_s: float
+    loop_start_s: float  # seconds after the parent started the instances
+    loop_end_s: float
+    forward_features_per_s: Optional[float] = None
+    latency_ms: Optional[Latency] = None
 
 
 @dataclass
@@ -231,6 +254,7 @@ class RunRecord:
     headline_metrics: list[str] = field(default_factory=list)
     latency_ms: Optional[Latency] = None
     batch_latencies_ms: list[float] = field(default_factory=list)  # the timed loop, batch order
+    instances: list[Instance] = field(default_factory=list)  # runtime.instances > 1: each worker's figures
     shapes: dict[str, Any] = field(default_factory=dict)  # distinct shapes + the mode's counters
     files: list[str] = field(default_factory=list)
     timing: Optional[Timing] = None
