@@ -140,9 +140,10 @@ class Timing:
     tokenize: Optional[float] = None
     batching: Optional[float] = None
     calibration: Optional[float] = None  # choosing, tokenizing and batching the calibration examples
+    instance_start: Optional[float] = None  # runtime.instances > 1: worker start-up and model loading (slowest)
     prepare: Optional[float] = None
     warmup: Optional[float] = None
-    forward_loop: Optional[float] = None
+    forward_loop: Optional[float] = None  # instances > 1: from the first instance's first batch to the last's last
     parity: Optional[float] = None
     postprocess: Optional[float] = None
     metrics: Optional[float] = None
@@ -182,16 +183,16 @@ class Instance:
     cores: list[int]  # its affinity mask: disjoint from the other instances'
     threads: int
     batches: int
-    examples: int  # examples whose features are all in this instance's shard
     features: int
     real_tokens: int
     prepare_s: float
     warmup_s: float
     forward_loop_s: float
-    loop_start_s: float  # seconds after the parent started the instances
+    loop_start_s: float  # seconds after the parent started the instances (all start after a barrier)
     loop_end_s: float
     forward_features_per_s: Optional[float] = None
     latency_ms: Optional[Latency] = None
+    peak_rss_mb: Optional[float] = None  # this worker process
 
 
 @dataclass

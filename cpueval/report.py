@@ -133,6 +133,7 @@ def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
         "latency_p99_ms": _attr(lat, "p99"),
         "latency_p999_ms": _attr(lat, "p999"),
         "calibration_s": _attr(timing, "calibration"),
+        "instance_start_s": _attr(timing, "instance_start"),
         "prepare_s": _attr(timing, "prepare"),
         "warmup_s": _attr(timing, "warmup"),
         "forward_loop_s": _attr(timing, "forward_loop"),
@@ -157,13 +158,13 @@ def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
 
 
 def end_to_end_seconds(timing: Any) -> Optional[float]:
-    """What answering the examples cost with this configuration: preparation (calibration, prepare,
-    warm-up) + the forward loop. Loading and tokenizing are left out: they do not depend on the mode
+    """What answering the examples cost with this configuration: preparation (calibration, the instances'
+    start-up, prepare, warm-up) + the forward loop. Loading and tokenizing are left out: they do not depend on the mode
     and a feature-cache hit would otherwise favour whichever job ran second."""
     loop = _attr(timing, "forward_loop")
     if loop is None:
         return None
-    return loop + sum(_attr(timing, name) or 0.0 for name in ("calibration", "prepare", "warmup"))
+    return loop + sum(_attr(timing, name) or 0.0 for name in ("calibration", "instance_start", "prepare", "warmup"))
 
 
 # -- baselines and gate -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ fastest wins: highest forward examples/s in the throughput scenario, lowest p90 
 in the latency scenario (MLPerf single-stream's figure). Speed-ups are given over the fastest eager
 fp32 row of the group (the reference mode and precision, any batch size, threads or instances) and
 over the fastest fp32 row of any mode. The preparation cost is what the winner paid before its
-first timed batch: calibration + prepare + warm-up.
+first timed batch: calibration + the instances' start-up (runtime.instances > 1) + prepare + warm-up.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def speed(row: Mapping[str, Any]) -> Optional[float]:
 
 
 def preparation_seconds(row: Mapping[str, Any]) -> Optional[float]:
-    parts = [_number(row.get(c)) for c in ("calibration_s", "prepare_s", "warmup_s")]
+    parts = [_number(row.get(c)) for c in ("calibration_s", "instance_start_s", "prepare_s", "warmup_s")]
     return sum(p for p in parts if p is not None) if any(p is not None for p in parts) else None
 
 
