@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig
 
 from cpueval.batching import Batch
-from cpueval.errors import UserError
+from cpueval.errors import Refused, UserError
 from cpueval.modes.base import PrepareContext
 
 POLL_S = 0.5
@@ -49,8 +49,8 @@ def plan_cores(instances: int, cores_per_instance: Optional[int], usable: Sequen
     per = cores_per_instance if cores_per_instance is not None else max(len(usable) // instances, 1)
     if per < 1:
         raise UserError(f"runtime.cores_per_instance={per} must be >= 1 (or null: the usable cores ÷ instances)")
-    if instances * per > len(usable):
-        raise UserError(f"runtime.instances={instances} x runtime.cores_per_instance={per} needs {instances * per} "
+    if instances * per > len(usable):  # a fact about this machine (or Slurm grant), as a CPU without bf16
+        raise Refused(f"runtime.instances={instances} x runtime.cores_per_instance={per} needs {instances * per} "
                         f"cores but this job may use {len(usable)} ({_cores(usable)}): lower one of them")
     return [usable[i * per:(i + 1) * per] for i in range(instances)]
 

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from cpueval import identity, instances, plugins, records
 from cpueval.batching import Batch
 from cpueval.config import register_configs
-from cpueval.errors import UserError
+from cpueval.errors import Refused, UserError
 from cpueval.pipeline import Run, execute
 
 FAST = ["runtime.progress=false", "runtime.warmup_batches=1", "runtime.batch_size=8", "runtime.cache_dir=null"]
@@ -40,10 +40,10 @@ def predictions(run_dir: Path) -> dict:
 def test_core_sets_are_disjoint_and_default_to_an_even_split() -> None:
     assert instances.plan_cores(2, None, [5, 4, 7, 6]) == [[4, 5], [6, 7]]
     assert instances.plan_cores(3, 1, [0, 1, 2, 3]) == [[0], [1], [2]]
-    with pytest.raises(UserError, match=r"runtime.instances=3 x runtime.cores_per_instance=1 needs 3 cores but this "
+    with pytest.raises(Refused, match=r"runtime.instances=3 x runtime.cores_per_instance=1 needs 3 cores but this "
                                         r"job may use 2 \(0,1\)"):
         instances.plan_cores(3, None, [0, 1])
-    with pytest.raises(UserError, match="needs 4 cores"):
+    with pytest.raises(Refused, match="needs 4 cores"):
         instances.plan_cores(2, 2, [0, 1])
 
 
