@@ -165,6 +165,7 @@ def _run_instance(job: InstanceJob, barrier: Any) -> InstanceResult:
 
     os.sched_setaffinity(0, job.cores)
     torch.set_num_threads(len(job.cores))
+    pipeline.set_progress_bars(False)  # one loop bar would be per instance: none (the parent reports)
     task, precision, mode = (plugins.build(job.config[group]) for group in ("task", "precision", "mode"))
     loaded = load_model(job.config.model, task, job.config.runtime.cache_dir)
     ready = time.perf_counter()

@@ -125,7 +125,7 @@ def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime
             for idx in batching.plan_batches(lengths, size, bucketing)]
 
 
-def _set_progress_bars(enabled: bool) -> None:
+def set_progress_bars(enabled: bool) -> None:
     """Our bars (tokenization, forward loop) follow runtime.progress; transformers' weight-loading
     bars never show (loading is timed and reported instead)."""
     transformers.utils.logging.disable_progress_bar()
@@ -278,7 +278,7 @@ class Run:
         if self.core_sets:  # what each instance runs with
             self.record.threads.intra_op_threads = len(self.core_sets[0])
             self.record.threads.intra_op_source = "runtime.instances/cores_per_instance"
-        _set_progress_bars(rt.progress)
+        set_progress_bars(rt.progress)
         torch.manual_seed(rt.seed)
 
     def check_instances(self) -> list[list[int]]:
@@ -382,8 +382,10 @@ class Run:
     def run_instances(self) -> LoopResult:
         """Shard the batches, run them in the instances, merge; the record gets each instance's figures."""
         shards = instances.shard(self.batches, len(self.core_sets))
+        config = copy.deepcopy(self.cfg)
+        OmegaConf.resolve(config)  # the workers see the values this process resolved (env, resolvers)
         launched_at = time.perf_counter()
-        jobs = [instances.InstanceJob(index=i, cores=cores, config=self.cfg, context=self.prepare_context(
+        jobs = [instances.InstanceJob(index=i, cores=cores, config=config, context=self.prepare_context(
                     self.batches[shard[0]].inputs), batch_numbers=shard, batches=[self.batches[n] for n in shard],
                     num_features=len(self.features), launched_at=launched_at)
                 for i, (cores, shard) in enumerate(zip(self.core_sets, shards))]

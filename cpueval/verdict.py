@@ -28,6 +28,11 @@ def _number(value: Any) -> Optional[float]:
     return number if math.isfinite(number) else None
 
 
+def _whole(value: Any) -> Optional[int]:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
 def speed(row: Mapping[str, Any]) -> Optional[float]:
     """Higher is faster: forward examples/s, or 1 / p90 request latency (ms) in the latency scenario."""
     if row.get("scenario") == "latency":
@@ -43,9 +48,9 @@ def preparation_seconds(row: Mapping[str, Any]) -> Optional[float]:
 
 def _describe(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"job": row.get("job"), "run_dir": row.get("run_dir"), "mode": row.get("mode"),
-            "precision": row.get("precision"), "batch_size": _number(row.get("batch_size")),
-            "threads": _number(row.get("threads")), "instances": _number(row.get("instances")),
-            "cores_per_instance": _number(row.get("cores_per_instance")),
+            "precision": row.get("precision"), "batch_size": _whole(row.get("batch_size")),
+            "threads": _whole(row.get("threads")), "instances": _whole(row.get("instances")),
+            "cores_per_instance": _whole(row.get("cores_per_instance")),
             "fwd_examples_s": _number(row.get("fwd_examples_s")),
             "latency_p50_ms": _number(row.get("latency_p50_ms")), "latency_p90_ms": _number(row.get("latency_p90_ms")),
             "latency_p99_ms": _number(row.get("latency_p99_ms")), "gate": row.get("gate"),
@@ -97,11 +102,18 @@ def _excluded(rows: pd.DataFrame) -> dict[str, int]:
 def verdicts(df: pd.DataFrame, reference_mode: str, reference_precision: str) -> list[dict[str, Any]]:
     """One verdict per group of the report table (which has the gate columns of cpueval.report)."""
     table = df.copy()
-    for column in GROUP:
-        table[column] = table[column].fillna("-") if column in table else "-"
+    for column in GROUP:  # comparable keys: text, "-" for missing
+        table[column] = table[column].map(_key) if column in table else "-"
     table = table[table["status"] != "unreadable"]
     return [group_verdict(dict(zip(GROUP, key)), rows, reference_mode, reference_precision)
             for key, rows in table.groupby(list(GROUP), sort=True, dropna=False)]
+
+
+def _key(value: Any) -> str:
+    number = _number(value) if not isinstance(value, str) else None
+    if number is not None:
+        return str(int(number)) if number.is_integer() else str(number)
+    return "-" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def _config(entry: Mapping[str, Any]) -> str:
@@ -136,7 +148,7 @@ def _times(value: Any) -> str:
 def line(entry: Mapping[str, Any]) -> str:
     """One verdict as one line of text."""
     model = str(entry["model"]).rstrip("/").split("/")[-1]
-    sample = "" if entry["max_eval_samples"] in (None, "-") else f" (first {_int(entry['max_eval_samples'])})"
+    sample = "" if entry["max_eval_samples"] == "-" else f" (first {entry['max_eval_samples']})"
     head = f"{model} {entry['task']} {entry['data']}{sample} | {entry['cpu_model']} | {entry['scenario']}: "
     excluded = ", ".join(f"{n} {why}" for why, n in entry["excluded"].items())
     tail = f" [{entry['candidates']} of {entry['rows']} rows could win" + (f"; {excluded}" if excluded else "") + "]"

@@ -106,3 +106,14 @@ def test_a_dying_instance_fails_the_job_with_its_reason(tmp_path: Path) -> None:
 def test_parity_with_instances_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="runtime.parity_batches=1 needs runtime.instances=1"):
         execute(config("runtime.instances=2", "runtime.parity_batches=1"), tmp_path / "parity")
+
+
+def test_the_deployment_experiment_sweeps_layouts_and_existing_plugins() -> None:
+    register_configs()
+    identity.register_resolvers()
+    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=deployment"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert cfg.hydra.mode.name == "MULTIRUN" and params["runtime.instances"] == "1,2,4"
+    assert set(params.mode.split(",")) <= set(plugins.names("mode"))
+    assert set(params.precision.split(",")) <= set(plugins.names("precision"))

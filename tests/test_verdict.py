@@ -128,3 +128,16 @@ def test_verdict_cli_prints_the_lines_and_writes_json(sweep: Path, tmp_path: Pat
     report.write_report([sweep], tmp_path / "full")
     assert "## Verdict" in (tmp_path / "full" / "report.md").read_text()
     assert json.loads((tmp_path / "full" / report.VERDICT_FILE).read_text()) == saved
+
+
+def test_a_sample_of_the_data_is_its_own_group(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    write(root, "eager_fp32_all", make_record(speed=10.0))
+    sample = make_record(speed=12.0, fingerprint="fp500")
+    sample["config"]["data"]["max_eval_samples"] = 500
+    sample["config_hash"] = identity.job_hash(sample["config"])
+    write(root, "eager_fp32_500", sample)
+    entries = report.verdict_entries(report.build_table([root]))
+    assert [(e["max_eval_samples"], e["winner"]["job"]) for e in entries] == [("-", "eager_fp32_all"),
+                                                                              ("500", "eager_fp32_500")]
+    assert "sample_squad.json (first 500) |" in verdict.line(entries[1])
