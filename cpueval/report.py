@@ -109,7 +109,8 @@ def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
         "mode_actual": _attr(actual, "mode"),
         "precision": record.requested.precision,
         "precision_actual": _attr(actual, "precision"),
-        "batch_size": _get(config, "runtime.batch_size"),
+        # the latency scenario sends one request at a time, whatever runtime.batch_size says
+        "batch_size": 1 if _get(config, "runtime.scenario") == "latency" else _get(config, "runtime.batch_size"),
         "scenario": _get(config, "runtime.scenario", "throughput"),
         "instances": len(record.instances) or _get(config, "runtime.instances", 1),
         "cores_per_instance": len(record.instances[0].cores) if record.instances else None,

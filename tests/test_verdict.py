@@ -105,7 +105,7 @@ def test_latency_scenario_is_its_own_group_ranked_by_p90(tmp_path: Path) -> None
     latency = entries["latency"]
     assert latency["winner"]["job"] == "jit_fp32_latency"  # lower p90 despite fewer examples/s
     assert latency["speedup_vs_eager_fp32"] == pytest.approx(20.0 / 10.0)
-    assert "latency: jit/fp32 bs=16 2 threads p90 10.0 ms" in verdict.line(latency)
+    assert "latency: jit/fp32 bs=1 2 threads p90 10.0 ms" in verdict.line(latency)  # one request at a time
 
 
 def test_scenario_is_part_of_the_job_identity_and_the_default_keeps_old_hashes() -> None:
