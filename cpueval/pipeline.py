@@ -389,6 +389,7 @@ class Run:
                     self.batches[shard[0]].inputs), batch_numbers=shard, batches=[self.batches[n] for n in shard],
                     num_features=len(self.features), launched_at=launched_at)
                 for i, (cores, shard) in enumerate(zip(self.core_sets, shards))]
+        self.loaded.model = None  # type: ignore[assignment]  # each instance loads its own: no idle copy here
         results = instances.run_instances(jobs)
         timer = self.timer.seconds
         timer["instance_start"] = max(r.ready_s for r in results)
