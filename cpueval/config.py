@@ -9,6 +9,7 @@ plug-in's yaml to extend. Adding a plug-in never edits this file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -61,6 +62,13 @@ class DataConfig:
     revision: Optional[str] = None
 
 
+class Scenario(str, Enum):
+    """How requests reach the model (MLPerf's offline and single-stream scenarios)."""
+
+    throughput = "throughput"  # every example at once, in length-sorted batches of runtime.batch_size
+    latency = "latency"  # one request (batch size 1) at a time, in dataset order
+
+
 @dataclass
 class RuntimeConfig:
     batch_size: int = 16
@@ -80,6 +88,13 @@ class RuntimeConfig:
     cache_dir: Optional[str] = "${oc.env:CPUEVAL_CACHE,${oc.env:HOME}/.cache/cpueval}"
     # Re-run a job even if its directory already holds an ok result for the same config.
     force: bool = False
+    # throughput: batches of batch_size, longest first. latency: one request (batch size 1) at a time,
+    # in dataset order, with per-request percentiles.
+    scenario: Scenario = Scenario.throughput
+    # Worker processes, each pinned to its own cores with its own prepared model (1: this process).
+    instances: int = 1
+    # Cores per instance (None: the usable cores divided evenly among the instances).
+    cores_per_instance: Optional[int] = None
 
 
 @dataclass

@@ -22,6 +22,9 @@ from cpueval.records import jsonable
 
 HASH_CHARS = 8
 NOT_IN_HASH = ("runtime.force", "runtime.progress", "runtime.cache_dir")
+# Settings added after records existed: at their default they are left out of the hash, so earlier jobs keep
+# their identity (and are skipped as done); any other value (a latency scenario, 2 instances) makes a new job.
+HASHED_UNLESS_DEFAULT = {"runtime.scenario": "throughput", "runtime.instances": 1, "runtime.cores_per_instance": None}
 # Longest readable part of a job directory name; the hash keeps truncated names distinct.
 MAX_READABLE = 180  # + '__' + hash stays well under the 255-byte name limit
 
@@ -42,7 +45,20 @@ def job_config(cfg: Any, leave_out: Iterable[str] = ()) -> dict[str, Any]:
     columns = data.get("data", {}).get("columns") if isinstance(data.get("data"), dict) else None
     if isinstance(columns, dict):  # unmapped canonical columns (null) are the default: same hash as before
         data["data"]["columns"] = {k: v for k, v in columns.items() if v is not None}
+    for dotted, default in HASHED_UNLESS_DEFAULT.items():
+        if lookup(data, dotted, default) == default:
+            drop(data, dotted)
     return data
+
+
+def lookup(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """The value at `a.b.c` in nested dicts, or `default`."""
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def drop(data: dict[str, Any], dotted: str) -> None:

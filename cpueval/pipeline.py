@@ -32,9 +32,10 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching, cache_files, calibration, plugins, records
+from cpueval import batching, cache_files, calibration, instances, plugins, records
 from cpueval.checks import inapplicable_settings, os_error_as_user_error, oversubscription
 from cpueval.data import fingerprint, load_examples, require_columns
+from cpueval.config import Scenario
 from cpueval.environment import describe_environment, detect_capabilities, package_version, usable_cores
 from cpueval.errors import Refused, UserError
 from cpueval.identity import job_hash
@@ -129,14 +130,18 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime: DictConfig) -> list[batching.Batch]:
+def make_batches(features: datasets.Dataset, tokenizer: Any, task: Task, runtime: DictConfig,
+                 one_request_at_a_time: bool = False) -> list[batching.Batch]:
+    """Length-bucketed batches of runtime.batch_size; or, for the latency scenario, one window per
+    batch in dataset order."""
     columns = [c for c in task.input_columns if c in features.column_names]
     data = {c: features[c] for c in columns}
     lengths = [len(ids) for ids in data["input_ids"]]
-    bucketing = runtime.length_bucketing and not task.config.pad_to_max_length
+    bucketing = runtime.length_bucketing and not task.config.pad_to_max_length and not one_request_at_a_time
+    size = 1 if one_request_at_a_time else runtime.batch_size
     pad_values = {"input_ids": tokenizer.pad_token_id or 0}
     return [batching.collate(data, idx, columns, pad_values, runtime.pad_to_multiple_of, task.config.max_seq_length)
-            for idx in batching.plan_batches(lengths, runtime.batch_size, bucketing)]
+            for idx in batching.plan_batches(lengths, size, bucketing)]
 
 
 def _third_party_logs_to_job_log() -> None:
@@ -145,7 +150,7 @@ def _third_party_logs_to_job_log() -> None:
     transformers.utils.logging.disable_default_handler()
 
 
-def _set_progress_bars(enabled: bool) -> None:
+def set_progress_bars(enabled: bool) -> None:
     """Our bars (tokenization, forward loop) follow runtime.progress; transformers' weight-loading
     bars never show (loading is timed and reported instead)."""
     transformers.utils.logging.disable_progress_bar()
@@ -162,6 +167,7 @@ class LoopResult:
     latencies_s: list[float]
     seconds: float
     shapes: set[tuple[int, int]] = field(default_factory=set)
+    started: float = 0.0  # perf_counter at the first batch
 
 
 def forward_loop(prepared: PreparedModel, batches: Sequence[batching.Batch], task: Task, num_features: int,
@@ -178,7 +184,44 @@ def forward_loop(prepared: PreparedModel, batches: Sequence[batching.Batch], tas
         arrays = _to_numpy(outputs, task.output_names)
         for row, (index, length) in enumerate(zip(batch.indices, batch.lengths)):
             per_feature[index] = {k: (v[row, :length] if task.per_token else v[row]) for k, v in arrays.items()}
-    return LoopResult(per_feature, latencies, time.perf_counter() - start_loop, shapes)
+    return LoopResult(per_feature, latencies, time.perf_counter() - start_loop, shapes, start_loop)
+
+
+def prepare_model(model: torch.nn.Module, mode: Mode, precision: Precision, ctx: PrepareContext) -> PreparedModel:
+    """Precision conversion, then the mode's preparation (a mode that implements the precision gets fp32)."""
+    return mode.prepare(model if mode.implements(precision) else precision.convert(model), precision, ctx)
+
+
+def warm_up(prepared: PreparedModel, batches: Sequence[batching.Batch], count: int) -> None:
+    """Untimed forward calls on the first `count` batches."""
+    for batch in batches[:count]:
+        prepared.forward(batch.inputs)
+
+
+def merge_instances(results: Sequence[instances.InstanceResult], num_features: int, num_batches: int) -> LoopResult:
+    """The instances' outputs in feature order and their latencies in batch order, as one loop from the
+    first instance's first batch to the last instance's last batch."""
+    per_feature: list[Optional[dict[str, np.ndarray]]] = [None] * num_features
+    latencies = [0.0] * num_batches
+    for result in results:
+        for index, arrays in result.per_feature.items():
+            per_feature[index] = arrays
+        for number, seconds in zip(result.batch_numbers, result.latencies_s):
+            latencies[number] = seconds
+    start = min(r.loop_start for r in results)
+    end = max(r.loop_start + r.loop_seconds for r in results)
+    return LoopResult(per_feature, latencies, end - start, set().union(*(r.shapes for r in results)), start)
+
+
+def instance_record(result: instances.InstanceResult, tokens: int, launched_at: float) -> records.Instance:
+    features = len(result.per_feature)
+    return records.Instance(
+        index=result.index, pid=result.pid, cores=result.cores, threads=result.threads,
+        batches=len(result.batch_numbers), features=features, real_tokens=tokens,
+        prepare_s=result.prepare_s, warmup_s=result.warmup_s, forward_loop_s=result.loop_seconds,
+        loop_start_s=result.loop_start - launched_at, loop_end_s=result.loop_start + result.loop_seconds - launched_at,
+        forward_features_per_s=per_second(features, result.loop_seconds), peak_rss_mb=result.peak_rss_mb,
+        latency_ms=Latency(**latency_summary(result.latencies_s)))
 
 
 def parity_check(reference_model: torch.nn.Module, prepared: PreparedModel, batches: Sequence[batching.Batch],
@@ -226,7 +269,8 @@ class Run:
         self.make_batches()     # length-bucketed, dynamically padded
         self.prepare()          # precision conversion + mode preparation (trace/compile/export + warm-up calls)
         self.warm_up()          # runtime.warmup_batches untimed calls
-        self.timed_loop()       # one timed forward call per batch
+        self.timed_loop()       # one timed forward call per batch (runtime.instances > 1: the three stages above
+                                # run in each instance, cpueval/instances.py)
         self.compare_parity()   # with eager fp32, if runtime.parity_batches > 0
         self.postprocess()      # per-feature outputs -> per-example predictions
         self.score()            # metrics
@@ -254,15 +298,29 @@ class Run:
             if rt[key] < 0:
                 raise UserError(f"runtime.{key}={rt[key]} must be >= 0 (0: none)")
         self.task.validate_config()
+        self.core_sets = self.check_instances()
         job = (self.task, self.mode, self.precision)
         add_plugin_facts(self.record.environment, [r.package for p in job for r in p.requirements()], self.caps)
         self.record.warnings.extend(plugins.check_job(self.caps, *job))
         self.record.warnings.extend(inapplicable_settings(self.cfg))
         self.record.threads = configure_threads(rt)
+        if self.core_sets:  # what each instance runs with
+            self.record.threads.intra_op_threads = len(self.core_sets[0])
+            self.record.threads.intra_op_source = "runtime.instances/cores_per_instance"
         self.record.warnings.extend(oversubscription(self.record.threads))
-        _set_progress_bars(rt.progress)
+        set_progress_bars(rt.progress)
         _third_party_logs_to_job_log()
         torch.manual_seed(rt.seed)
+
+    def check_instances(self) -> list[list[int]]:
+        """The instances' core sets (runtime.instances > 1), else []."""
+        rt = self.rt
+        if rt.instances == 1 and rt.cores_per_instance is None:
+            return []
+        if rt.parity_batches > 0:
+            raise UserError(f"runtime.parity_batches={rt.parity_batches} needs runtime.instances=1 (parity runs in "
+                            "this process): run the parity check as a separate job")
+        return instances.plan_cores(rt.instances, rt.cores_per_instance, sorted(os.sched_getaffinity(0)))
 
     def load_model(self) -> None:
         with self.timer.stage("model_load"):
@@ -332,30 +390,58 @@ class Run:
 
     def make_batches(self) -> None:
         with self.timer.stage("batching"):
-            self.batches = make_batches(self.features, self.loaded.tokenizer, self.task, self.rt)
+            self.batches = make_batches(self.features, self.loaded.tokenizer, self.task, self.rt,
+                                        one_request_at_a_time=self.rt.scenario == Scenario.latency)
         self.real_tokens = int(sum(np.count_nonzero(b.inputs["attention_mask"].numpy()) for b in self.batches))
         data = self.record.data
         data.num_batches, data.real_tokens = len(self.batches), self.real_tokens
         data.padding_share = batching.padding_share(self.batches)
 
+    def prepare_context(self, example: Any) -> PrepareContext:
+        rt = self.rt
+        return PrepareContext(example=example, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
+                              model_sha256=self.loaded.identity["weights_sha256"], calibration=self.calibration,
+                              intra_op_threads=self.record.threads.intra_op_threads, inter_op_threads=rt.inter_op_threads)
+
     def prepare(self) -> None:
-        rt, mode, precision = self.rt, self.mode, self.precision
-        self.reference = copy.deepcopy(self.loaded.model) if rt.parity_batches > 0 else None
-        ctx = PrepareContext(example=self.batches[0].inputs, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
-                             model_sha256=self.loaded.identity["weights_sha256"], calibration=self.calibration,
-                             intra_op_threads=self.record.threads.intra_op_threads, inter_op_threads=rt.inter_op_threads)
+        self.reference = copy.deepcopy(self.loaded.model) if self.rt.parity_batches > 0 else None
+        if self.core_sets:
+            return  # each instance prepares its own
         with self.timer.stage("prepare"):
-            model = self.loaded.model if mode.implements(precision) else precision.convert(self.loaded.model)
-            self.prepared: PreparedModel = mode.prepare(model, precision, ctx)
+            self.prepared: PreparedModel = prepare_model(self.loaded.model, self.mode, self.precision,
+                                                         self.prepare_context(self.batches[0].inputs))
 
     def warm_up(self) -> None:
-        with self.timer.stage("warmup"):
-            for batch in self.batches[: self.rt.warmup_batches]:
-                self.prepared.forward(batch.inputs)
+        if not self.core_sets:
+            with self.timer.stage("warmup"):
+                warm_up(self.prepared, self.batches, self.rt.warmup_batches)
 
     def timed_loop(self) -> None:
-        self.loop = forward_loop(self.prepared, self.batches, self.task, len(self.features), self.rt.progress)
+        if self.core_sets:
+            self.loop = self.run_instances()
+        else:
+            self.loop = forward_loop(self.prepared, self.batches, self.task, len(self.features), self.rt.progress)
         self.timer.seconds["forward_loop"] = self.loop.seconds
+
+    def run_instances(self) -> LoopResult:
+        """Shard the batches, run them in the instances, merge; the record gets each instance's figures."""
+        shards = instances.shard(self.batches, len(self.core_sets))
+        config = copy.deepcopy(self.cfg)
+        OmegaConf.resolve(config)  # the workers see the values this process resolved (env, resolvers)
+        launched_at = time.perf_counter()
+        jobs = [instances.InstanceJob(index=i, cores=cores, config=config, context=self.prepare_context(
+                    self.batches[shard[0]].inputs), batch_numbers=shard, batches=[self.batches[n] for n in shard],
+                    num_features=len(self.features), launched_at=launched_at)
+                for i, (cores, shard) in enumerate(zip(self.core_sets, shards))]
+        self.loaded.model = None  # type: ignore[assignment]  # each instance loads its own: no idle copy here
+        results = instances.run_instances(jobs)
+        timer = self.timer.seconds
+        timer["instance_start"] = max(r.ready_s for r in results)
+        timer["prepare"], timer["warmup"] = max(r.prepare_s for r in results), max(r.warmup_s for r in results)
+        self.record.instances = [instance_record(r, sum(int(self.batches[n].lengths.sum()) for n in r.batch_numbers),
+                                                 launched_at) for r in results]
+        self.instance_facts = results[0].prepared  # they all prepared alike
+        return merge_instances(results, len(self.features), len(self.batches))
 
     def compare_parity(self) -> None:
         if self.reference is None:
@@ -376,19 +462,26 @@ class Run:
 
     def write_outputs(self) -> None:
         files = self.task.write_predictions(self.examples, self.predictions, self.run_dir)
-        record, loop = self.record, self.loop
-        record.actual = Actual(mode=self.prepared.mode, precision=self.precision.name,
+        record, loop, facts = self.record, self.loop, self.prepared_facts()
+        record.actual = Actual(mode=facts["mode"], precision=self.precision.name,
                                max_seq_length=self.task.config.max_seq_length,
                                attn_implementation=self.loaded.identity["attn_implementation"],
-                               details=self.prepared.details,
-                               precision_details=self.prepared.precision_details or self.precision.details())
+                               details=facts["details"], precision_details=facts["precision_details"])
         record.latency_ms = Latency(**latency_summary(loop.latencies_s))
         record.batch_latencies_ms = [round(s * 1000.0, 3) for s in loop.latencies_s]
-        record.shapes = {"distinct": len(loop.shapes), **self.prepared.stats()}
+        record.shapes = {"distinct": len(loop.shapes), **facts["stats"]}
         record.files = [p.name for p in files]
         record.status = "ok"
         self.finish((len(self.examples), len(self.features), self.real_tokens, loop.seconds))
         write_json_atomic(self.run_dir / "eval_results.json", hf_eval_results(self.task, record))
+
+    def prepared_facts(self) -> dict[str, Any]:
+        """What ran: from this process's prepared model, or the first instance's (they all prepare alike)."""
+        if self.core_sets:
+            return self.instance_facts
+        prepared = self.prepared
+        return {"mode": prepared.mode, "details": prepared.details, "stats": prepared.stats(),
+                "precision_details": prepared.precision_details or self.precision.details()}
 
     # -- ending -------------------------------------------------------------------------------------
     def fail(self, status: str, error: BaseException) -> None:

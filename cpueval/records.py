@@ -142,9 +142,10 @@ class Timing:
     tokenize: Optional[float] = None
     batching: Optional[float] = None
     calibration: Optional[float] = None  # choosing, tokenizing and batching the calibration examples
+    instance_start: Optional[float] = None  # runtime.instances > 1: worker start-up and model loading (slowest)
     prepare: Optional[float] = None
     warmup: Optional[float] = None
-    forward_loop: Optional[float] = None
+    forward_loop: Optional[float] = None  # instances > 1: from the first instance's first batch to the last's last
     parity: Optional[float] = None
     postprocess: Optional[float] = None
     metrics: Optional[float] = None
@@ -162,7 +163,8 @@ class Throughput:
 
 @dataclass
 class Latency:
-    """Per-call forward latency in milliseconds."""
+    """Per-call forward latency in milliseconds: one call is a batch (throughput scenario) or one
+    request of batch size 1 (runtime.scenario=latency)."""
 
     count: int
     mean: Optional[float] = None
@@ -171,6 +173,28 @@ class Latency:
     p99: Optional[float] = None
     min: Optional[float] = None
     max: Optional[float] = None
+    p999: Optional[float] = None
+
+
+@dataclass
+class Instance:
+    """One worker process of a multi-instance run (runtime.instances > 1)."""
+
+    index: int
+    pid: int
+    cores: list[int]  # its affinity mask: disjoint from the other instances'
+    threads: int
+    batches: int
+    features: int
+    real_tokens: int
+    prepare_s: float
+    warmup_s: float
+    forward_loop_s: float
+    loop_start_s: float  # seconds after the parent started the instances (all start after a barrier)
+    loop_end_s: float
+    forward_features_per_s: Optional[float] = None
+    latency_ms: Optional[Latency] = None
+    peak_rss_mb: Optional[float] = None  # this worker process
 
 
 @dataclass
@@ -233,6 +257,7 @@ class RunRecord:
     headline_metrics: list[str] = field(default_factory=list)
     latency_ms: Optional[Latency] = None
     batch_latencies_ms: list[float] = field(default_factory=list)  # the timed loop, batch order
+    instances: list[Instance] = field(default_factory=list)  # runtime.instances > 1: each worker's figures
     shapes: dict[str, Any] = field(default_factory=dict)  # distinct shapes + the mode's counters
     files: list[str] = field(default_factory=list)
     timing: Optional[Timing] = None

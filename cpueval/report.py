@@ -14,12 +14,16 @@ settings that do not change results are left out, same data content (fingerprint
 and same number of threads. Among several (one job run on two hosts), the one from the same host,
 then the latest. Gate: gate metric >= gate x baseline's (MLPerf's 99% rule); the gate metric is f1
 when the task reports it, else its first headline metric (--gate-metric to choose).
+
+On top, the verdict (cpueval/verdict.py, verdict.json): per model, task, data, CPU and scenario, the
+fastest configuration that passes the gate and the runner-up; `--verdict` prints only that.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import tempfile
@@ -28,9 +32,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from cpueval import plugins
+from cpueval import plugins, verdict
 from cpueval.identity import digest, job_config, job_hash
-from cpueval.records import RESULTS_FILE, RunRecord, read_record
+from cpueval.records import RESULTS_FILE, RunRecord, jsonable, read_record
 
 def default_baseline() -> str:
     """The reference mode and precision (cpueval.plugins.reference): "mode=eager,precision=fp32"."""
@@ -106,7 +110,11 @@ def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
         "mode_actual": _attr(actual, "mode"),
         "precision": record.requested.precision,
         "precision_actual": _attr(actual, "precision"),
-        "batch_size": _get(config, "runtime.batch_size"),
+        # the latency scenario sends one request at a time, whatever runtime.batch_size says
+        "batch_size": 1 if _get(config, "runtime.scenario") == "latency" else _get(config, "runtime.batch_size"),
+        "scenario": _get(config, "runtime.scenario", "throughput"),
+        "instances": len(record.instances) or _get(config, "runtime.instances", 1),
+        "cores_per_instance": len(record.instances[0].cores) if record.instances else None,
         "threads": _attr(record.threads, "intra_op_threads") or _get(config, "runtime.intra_op_threads"),
         "attn_implementation": _attr(actual, "attn_implementation") or _attr(record.model, "attn_implementation")
         or _get(config, "model.attn_implementation"),
@@ -125,8 +133,13 @@ def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
         "latency_p50_ms": _attr(lat, "p50"),
         "latency_p90_ms": _attr(lat, "p90"),
         "latency_p99_ms": _attr(lat, "p99"),
+        "latency_p999_ms": _attr(lat, "p999"),
+        "calibration_s": _attr(timing, "calibration"),
+        "instance_start_s": _attr(timing, "instance_start"),
         "prepare_s": _attr(timing, "prepare"),
         "warmup_s": _attr(timing, "warmup"),
+        "forward_loop_s": _attr(timing, "forward_loop"),
+        "end_to_end_s": end_to_end_seconds(timing),
         "tokenize_s": _attr(timing, "tokenize"),
         "total_s": _attr(timing, "total"),
         "peak_rss_mb": _attr(record.memory, "peak_rss_mb"),
@@ -144,6 +157,16 @@ def flatten(run_dir: Path, record: Optional[RunRecord]) -> dict[str, Any]:
         "sweep": run_dir.parent.name,
     })
     return row
+
+
+def end_to_end_seconds(timing: Any) -> Optional[float]:
+    """What answering the examples cost with this configuration: preparation (calibration, the instances'
+    start-up, prepare, warm-up) + the forward loop. Loading and tokenizing are left out: they do not depend on the mode
+    and a feature-cache hit would otherwise favour whichever job ran second."""
+    loop = _attr(timing, "forward_loop")
+    if loop is None:
+        return None
+    return loop + sum(_attr(timing, name) or 0.0 for name in ("calibration", "instance_start", "prepare", "warmup"))
 
 
 # -- baselines and gate -----------------------------------------------------------------------------
@@ -185,21 +208,23 @@ def gate_metric_for(row: Mapping[str, Any], preferred: Optional[str]) -> Optiona
 
 def add_baselines(df: pd.DataFrame, records: Sequence[Optional[RunRecord]], baseline: Optional[str] = None,
                   gate: float = DEFAULT_GATE, gate_metric: Optional[str] = None) -> pd.DataFrame:
-    """Adds baseline_job, speedup, gate_metric, metric_delta, gate (one per row, in df order)."""
+    """Adds baseline_job, speedup (forward loop), e2e_speedup (preparation included), gate_metric, metric_delta,
+    gate (one per row, in df order)."""
     spec = parse_baseline(baseline or default_baseline())
     df = df.copy()
     df["_identity"] = [baseline_identity(r, spec) for r in records]
     df["_is_base"] = [r is not None and all(_config_value(r.config, k) == v for k, v in spec.items()) for r in records]
     candidates = df[df["_is_base"] & (df["status"] == "ok")]
     out = [_compare(row, candidates, gate, gate_metric) for _, row in df.iterrows()]
-    for column in ("baseline_job", "speedup", "gate_metric", "metric_delta", "gate"):
+    for column in ("baseline_job", "speedup", "e2e_speedup", "gate_metric", "metric_delta", "gate"):
         df[column] = [item[column] for item in out]
     return df.drop(columns=["_identity", "_is_base"])
 
 
 def _compare(row: pd.Series, candidates: pd.DataFrame, gate: float, gate_metric: Optional[str]) -> dict[str, Any]:
     metric = gate_metric_for(row, gate_metric)
-    result = {"baseline_job": None, "speedup": None, "gate_metric": metric, "metric_delta": None, "gate": None}
+    result = {"baseline_job": None, "speedup": None, "e2e_speedup": None, "gate_metric": metric, "metric_delta": None,
+              "gate": None}
     if row["status"] != "ok":
         result["gate"] = row["status"]
         return result
@@ -211,6 +236,8 @@ def _compare(row: pd.Series, candidates: pd.DataFrame, gate: float, gate_metric:
     result["baseline_job"] = base["job"]
     if row.get("fwd_examples_s") and base.get("fwd_examples_s"):
         result["speedup"] = row["fwd_examples_s"] / base["fwd_examples_s"]
+    if row.get("end_to_end_s") and base.get("end_to_end_s"):  # same examples: the time ratio is the speed ratio
+        result["e2e_speedup"] = base["end_to_end_s"] / row["end_to_end_s"]
     value, reference = row.get(f"metric.{metric}"), base.get(f"metric.{metric}")
     if metric is None or _missing(value) or _missing(reference):
         result["gate"] = "no metric"
@@ -285,7 +312,14 @@ def _mode_label(row: Mapping[str, Any]) -> str:
     return f"{row['mode']}→{actual}" if fell_back else str(row["mode"])
 
 
-def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str]) -> str:
+def _instances_label(row: Mapping[str, Any]) -> str:
+    count = row.get("instances")
+    if _missing(count) or int(count) <= 1:
+        return "1"
+    return f"{int(count)}×{_int(row.get('cores_per_instance'))}"
+
+
+def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str], verdict_lines: Sequence[str] = ()) -> str:
     """Columns that hold one value for every row move to a 'Common to all rows' list."""
     metrics = sorted({c[len("metric."):] for c in df.columns if c.startswith("metric.")},
                      key=lambda m: ("exact" not in m and m != "accuracy", m))
@@ -294,11 +328,13 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
     delta = f"Δ {gate_metrics[0]}" if len(gate_metrics) == 1 else "Δ gate metric"
     table = pd.DataFrame({
         "model": df["model"], "task": df["task"], "data": df["data"], "mode": df.apply(_mode_label, axis=1),
-        "precision": df["precision"], "batch": df["batch_size"].map(_int), "threads": df["threads"].map(_int),
+        "precision": df["precision"], "scenario": df["scenario"], "batch": df["batch_size"].map(_int),
+        "threads": df["threads"].map(_int), "instances": df.apply(_instances_label, axis=1),
         "attn": df["attn_implementation"], "status": df["status"],
         **{m: df[f"metric.{m}"].map(_fmt) if f"metric.{m}" in df else "-" for m in shown},
         delta: df["metric_delta"].map(_signed), "gate": df["gate"].map(_fmt),
         "fwd ex/s": df["fwd_examples_s"].map(_num), "speed-up": df["speedup"].map(lambda v: _fmt(v, 2)),
+        "e2e speed-up": df["e2e_speedup"].map(lambda v: _fmt(v, 2)),
         "tok/s": df["fwd_tokens_s"].map(_num),
         "p50 ms": df["latency_p50_ms"].map(_num), "p99 ms": df["latency_p99_ms"].map(_num),
         "prep s": df["prepare_s"].map(_num),
@@ -313,8 +349,11 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
     metric_names = ", ".join(gate_metrics) or "the headline metric"
     lines = [f"# cpueval report ({len(df)} jobs: " + ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
              + ")", "", f"Generated {dt.datetime.now().isoformat(timespec='seconds')}. Baseline: `{baseline}` of the "
-             "same job (model, task, data, batch size, threads, CPU); speed-up = forward examples/s ÷ baseline's; "
+             "same job (model, task, data, batch size, threads, CPU); speed-up = forward examples/s ÷ baseline's "
+             "(steady state); e2e speed-up = baseline's ÷ this row's preparation + warm-up + forward-loop seconds; "
              f"Δ = {metric_names} − baseline's; gate: {metric_names} ≥ {gate:g} × baseline's.", ""]
+    if verdict_lines:
+        lines += ["## Verdict", ""] + [f"- {text}" for text in verdict_lines] + [""]
     if common:
         lines += ["Common to all rows: " + "; ".join(f"{k} **{v}**" for k, v in common.items()), ""]
     lines += [_pipe_table(table), ""]
@@ -330,7 +369,7 @@ def markdown(df: pd.DataFrame, gate: float, baseline: str, plots: Sequence[str])
     return "\n".join(lines)
 
 
-_COMMON_CANDIDATES = ("model", "task", "data", "mode", "precision", "batch", "threads", "attn", "cache", "cpu",
+_COMMON_CANDIDATES = ("model", "task", "data", "mode", "precision", "scenario", "batch", "threads", "instances", "attn", "cache", "cpu",
                       "flags", "host", "status", "gate", "parity Δmax", "same pred", "sweep")
 
 
@@ -541,18 +580,34 @@ _UMASK = _current_umask()
 
 
 # -- writing -----------------------------------------------------------------------------------------
+VERDICT_FILE = "verdict.json"
+
+
+def verdict_entries(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """cpueval.verdict over the table: one entry per (model, task, data, CPU, scenario)."""
+    return verdict.verdicts(df, plugins.reference("mode"), plugins.reference("precision"))
+
+
+def write_verdict(df: pd.DataFrame, out: Path) -> list[dict[str, Any]]:
+    """verdict.json in `out` (entries with their one-line text); returns the entries."""
+    entries = [{**entry, "line": verdict.line(entry)} for entry in verdict_entries(df)]
+    _write_text(out / VERDICT_FILE, json.dumps(jsonable(entries), indent=2, ensure_ascii=False) + "\n")
+    return entries
+
+
 def write_report(dirs: Sequence[Path], out: Path, baseline: Optional[str] = None, gate: float = DEFAULT_GATE,
                  gate_metric: Optional[str] = None) -> Path:
-    """Table (CSV, parquet), plots and report.md in `out`; returns report.md's path."""
+    """Table (CSV, parquet), plots, verdict.json and report.md in `out`; returns report.md's path."""
     out = Path(out)
     df = build_table(dirs, baseline, gate, gate_metric)
     table = df.drop(columns=["_records"])
     _write_text(out / "table.csv", table.to_csv(index=False))
     _atomic(out / "table.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    lines = [entry["line"] for entry in write_verdict(df, out)]
     plots = [plot_throughput(df, out / "throughput.png"), plot_latency(df, out / "latency.png"),
              plot_scaling(df, out / "scaling.png")]
     names = [p.name for p in plots if p is not None]
-    return _write_text(out / "report.md", markdown(df, gate, baseline or default_baseline(), names))
+    return _write_text(out / "report.md", markdown(df, gate, baseline or default_baseline(), names, lines))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -568,6 +623,9 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_GATE})")
     parser.add_argument("--gate-metric", help="metric for delta and gate (default: f1 if reported, else the task's "
                         "first headline metric)")
+    parser.add_argument("--verdict", action="store_true", help="print only the verdict lines (the fastest "
+                        "configuration passing the gate, per model, task, data, CPU and scenario) and write "
+                        f"{VERDICT_FILE}")
     return parser
 
 
@@ -576,10 +634,15 @@ def main(argv: Sequence[str]) -> int:
     out = args.out or (args.dirs[0] / "report" if len(args.dirs) == 1 else
                        Path("outputs/reports") / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     try:
+        if args.verdict:
+            entries = write_verdict(build_table(args.dirs, args.baseline, args.gate, args.gate_metric), out)
+            print("\n".join(entry["line"] for entry in entries))
+            print(f"written: {out / VERDICT_FILE}")
+            return 0
         path = write_report(args.dirs, out, args.baseline, args.gate, args.gate_metric)
     except (FileNotFoundError, ValueError) as err:
         print(f"cpueval report: error: {err}", file=sys.stderr, flush=True)
         return 2
     print(path.read_text(encoding="utf-8"))
-    print(f"written: {out}/ (report.md, table.csv, table.parquet, plots)")
+    print(f"written: {out}/ (report.md, {VERDICT_FILE}, table.csv, table.parquet, plots)")
     return 0

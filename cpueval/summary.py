@@ -33,13 +33,18 @@ def render_summary(record: RunRecord) -> str:
     rows += [(name, _fmt(record.metrics.get(name))) for name in record.headline_metrics]
     tp, lat, t = record.throughput, record.latency_ms, record.timing
     if tp and lat and t:
+        per_request = (record.config.get("runtime") or {}).get("scenario") == "latency"
         rows += [
             ("forward loop", f"{_fmt(tp.forward_examples_per_s)} examples/s, {_fmt(tp.forward_features_per_s)} "
                              f"features/s, {_fmt(tp.forward_tokens_per_s, 0)} tokens/s"),
             ("end to end", f"{_fmt(tp.e2e_examples_per_s)} examples/s in {_fmt(t.total)} s"),
-            ("batch latency ms", f"p50 {_fmt(lat.p50)}  p90 {_fmt(lat.p90)}  p99 {_fmt(lat.p99)}"),
+            ("request latency ms" if per_request else "batch latency ms",
+             f"p50 {_fmt(lat.p50)}  p90 {_fmt(lat.p90)}  p99 {_fmt(lat.p99)}  p99.9 {_fmt(lat.p999)}  mean {_fmt(lat.mean)}"),
             ("prepare / warm-up s", f"{_fmt(t.prepare)} / {_fmt(t.warmup)}"),
         ]
+    if record.instances:
+        rows += [(f"instance {i.index}", f"cores {','.join(map(str, i.cores))}: {i.batches} batches, "
+                                         f"{_fmt(i.forward_features_per_s)} features/s") for i in record.instances]
     if data and data.padding_share is not None:
         rows.append(("padding computed", f"{data.padding_share * 100:.1f}%"))
     if record.memory:

@@ -5,6 +5,7 @@ exit code, and writes the sweep's report. Registered in conf/hydra/callbacks/swe
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
@@ -76,7 +77,8 @@ except ImportError:  # pragma: no cover
 
 class SweepCallback(Callback):  # type: ignore[misc]
     """Runs where the sweep was launched (not on the workers): notes the launch time, then at the
-    end logs what ran, what failed and why, sets the exit code, and writes the sweep's report."""
+    end logs what ran, what failed and why, sets the exit code, and writes the sweep's report and logs its
+    verdict lines (the fastest configuration passing the accuracy gate, cpueval/verdict.py)."""
 
     def __init__(self, report: bool = True, baseline: Optional[str] = None, gate: float = 0.99,
                  report_subdir: str = "report") -> None:
@@ -111,6 +113,8 @@ class SweepCallback(Callback):  # type: ignore[misc]
 
         try:
             out = report.write_report([sweep_dir], sweep_dir / self.report_subdir, self.baseline, self.gate)
+            for entry in json.loads((out.parent / report.VERDICT_FILE).read_text(encoding="utf-8")):
+                log.info("verdict: %s", entry["line"])
             log.info("report: %s", out)
         except Exception as err:  # the jobs' results stand; `cpueval report` can be re-run by hand
             log.error("report failed (%s: %s); re-run: cpueval report %s", type(err).__name__, err, sweep_dir)

@@ -28,17 +28,18 @@ class StageTimer:
 
 
 def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
-    """Per-call latency in milliseconds: count, mean, p50/p90/p99, min, max."""
+    """Per-call latency in milliseconds: count, mean, p50/p90/p99/p99.9, min, max."""
     if len(latencies_s) == 0:
         return {"count": 0}
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p50, p90, p99, p999 = np.percentile(ms, [50, 90, 99, 99.9])
     return {
         "count": int(ms.size),
         "mean": float(ms.mean()),
         "p50": float(p50),
         "p90": float(p90),
         "p99": float(p99),
+        "p999": float(p999),
         "min": float(ms.min()),
         "max": float(ms.max()),
     }

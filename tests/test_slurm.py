@@ -104,6 +104,7 @@ def four_jobs(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_four_job_array_completes_with_report_and_slurm_facts(four_jobs: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, result = four_jobs
     assert result.returncode == 0
@@ -128,6 +129,7 @@ def test_four_job_array_completes_with_report_and_slurm_facts(four_jobs: tuple[P
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_relaunch_submits_nothing_and_rewrites_nothing(four_jobs: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, first = four_jobs
     assert first.returncode == 0
@@ -141,6 +143,7 @@ def test_relaunch_submits_nothing_and_rewrites_nothing(four_jobs: tuple[Path, su
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_job_requeued_mid_run_is_recorded_interrupted_then_completes_once(slurm_cluster: None, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     # batch_size=4 sleeps 15 s after writing its "running" record: time to requeue it mid-run.
@@ -204,6 +207,7 @@ def read(job_dir: Path) -> dict:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_failing_job_is_reported_failed_while_the_others_finish(slurm_cluster: None, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     result = launch(sweep_dir, "runtime.batch_size=2,4,8", *SLURM, fault="runtime.batch_size=4:error")
@@ -244,6 +248,7 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_unknown_partition_is_one_line(slurm_cluster: None, tmp_path: Path) -> None:
     result = launch(tmp_path / "sweep", *SLURM, "hydra.launcher.partition=nope")
     line = _one_error_line(result)
@@ -252,6 +257,7 @@ def test_unknown_partition_is_one_line(slurm_cluster: None, tmp_path: Path) -> N
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_memory_the_node_cannot_give_is_one_line(slurm_cluster: None, tmp_path: Path) -> None:
     result = launch(tmp_path / "sweep", *SLURM, "hydra.launcher.mem_gb=100000")
     line = _one_error_line(result)
@@ -281,6 +287,7 @@ def squeue_names(name: str) -> str:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_nightly_fits_beside_its_wrapper_and_expected_refusals_keep_the_night_green(slurm_cluster: None,
                                                                                    tmp_path: Path) -> None:
     night = tmp_path / "nightly" / "2026-12-01"
@@ -304,6 +311,7 @@ def test_nightly_fits_beside_its_wrapper_and_expected_refusals_keep_the_night_gr
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # real Slurm jobs: minutes
 def test_cancelling_the_nightly_wrapper_cancels_its_array(slurm_cluster: None, tmp_path: Path) -> None:
     night = tmp_path / "nightly" / "2026-12-02"
     job_id, result = submit_nightly(night, "runtime.batch_size=2,4,8", *launch_args("runtime.batch_size=2:delay=120"),

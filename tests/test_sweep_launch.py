@@ -61,6 +61,10 @@ def test_failures_are_isolated_then_resume_reruns_failures_keeps_refusals_and_fo
         assert name.endswith("__" + job_hash(record["config"])) and "precision=" in name
     report = (sweep_dir / "report" / "report.md").read_text()
     assert "## Not ok" in report and "MemoryError" in report and (sweep_dir / "report" / "throughput.png").exists()
+    verdicts = json.loads((sweep_dir / "report" / "verdict.json").read_text())  # logged at the end of the sweep
+    assert verdicts and all(f"verdict: {v['line']}" in first.log for v in verdicts)
+    assert {v["winner"]["job"] for v in verdicts if v["winner"]} <= {n for n, r in records(sweep_dir).items()
+                                                                      if r["status"] == "ok"}
 
     before = mtimes(sweep_dir)
     second = launch(sweep_dir, *grid)  # same command, faults gone: only the failed job runs again;

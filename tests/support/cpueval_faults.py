@@ -116,3 +116,20 @@ class InjectFaults(Callback):
 
             setattr(Run, STAGE, self._original)
             self._original = None
+
+
+class DyingMode:
+    """mode._target_=cpueval_faults.DyingMode: eager, except that the instance without core 0 in its
+    affinity mask kills itself (SIGKILL, as the OOM killer would) while preparing. For the
+    multi-instance tests: the other instance is left waiting at the barrier."""
+
+    def __new__(cls, config: Any) -> Any:
+        from cpueval.modes.eager import EagerMode
+
+        class _Dying(EagerMode):
+            def build(self, model: Any, precision: Any, ctx: Any) -> Any:
+                if 0 not in os.sched_getaffinity(0):
+                    os.kill(os.getpid(), 9)
+                return super().build(model, precision, ctx)
+
+        return _Dying(config)
