@@ -17,7 +17,10 @@ from cpueval.parity import compare_outputs
 FP32_TOL = 1e-5
 
 # Every registered mode (a new one is tested without editing this file); marks for the slow ones.
-MARKS = {"compile": pytest.mark.slow, "ipex": (pytest.mark.ipex, pytest.mark.slow), "ipex_jit": pytest.mark.ipex}
+# (the runtimes export or convert the model first: tens of seconds each; tests/modes/test_runtimes.py
+# checks their dynamic shapes quickly against a shared export)
+MARKS = {"compile": pytest.mark.slow, "ipex": (pytest.mark.ipex, pytest.mark.slow), "ipex_jit": pytest.mark.ipex,
+         "onnxruntime": pytest.mark.slow, "openvino": pytest.mark.slow}
 MODES = [pytest.param(name, {}, id=name, marks=MARKS.get(name, ())) for name in plugins.names("mode")] + [
     pytest.param("jit", {"optimize_for_inference": True}, id="jit-ofi"),
 ]
