@@ -41,6 +41,11 @@ class Precision(Plugin):
         """Whether convert() needs calibration batches with this mode (static quantization)."""
         return False
 
+    def layer_quantizer(self, model: torch.nn.Module) -> Any:
+        """For precision.accuracy_target's search: a cpueval.int8_search.LayerQuantizer over `model`
+        (the fp32 model), or None when this precision cannot leave chosen layers unconverted."""
+        return None
+
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         """Return the model with this precision's weights (cast or quantized)."""
         return model

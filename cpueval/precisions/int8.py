@@ -14,9 +14,10 @@ per channel: ~2%). skip_modules leaves chosen Linear layers in fp32.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Optional
 
@@ -25,6 +26,7 @@ import torch
 from cpueval.calibration import CalibrationConfig
 from cpueval.environment import Capabilities
 from cpueval.errors import UserError
+from cpueval.int8_search import Forward, SearchConfig, check_target
 from cpueval.plugins import Plugin, Requirement
 from cpueval.precisions.base import Precision, PrecisionConfig
 
@@ -72,6 +74,10 @@ class Int8Config(PrecisionConfig):
     skip_modules: list[str] = field(default_factory=list)
     # Calibration data, for the static int8 a mode may run (e.g. mode=openvino: NNCF). See cpueval/calibration.py.
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # Keep at least this share of fp32's headline metric (0.99: MLPerf's 99% gate) by leaving the most
+    # sensitive Linear layers in fp32, found by a search (cpueval/int8_search.py). null: no search.
+    accuracy_target: Optional[float] = None
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 SCHEMA = Int8Config
@@ -87,6 +93,7 @@ class Int8Precision(Precision):
         if config.backend == "torchao" and config.weights != "per_channel":
             raise UserError("precision.weights=per_tensor needs backend=ao_dynamic: backend=torchao quantizes "
                             "weights per channel (and activations per token)")
+        check_target(config.accuracy_target)
         self._details: dict = {}
 
     def requirements(self) -> tuple[Requirement, ...]:
@@ -100,6 +107,13 @@ class Int8Precision(Precision):
         if why is None and backend == "torchao" and other.name not in TORCHAO_MODES:
             why = TORCHAO_ONLY
         return f"backend={backend}: {why}" if why else None
+
+    def needs_calibration(self, mode: Any) -> bool:
+        """The accuracy-aware search ranks layers on the calibration batches."""
+        return self.config.accuracy_target is not None
+
+    def layer_quantizer(self, model: torch.nn.Module) -> "TorchLayers":
+        return TorchLayers(model, self)
 
     def check(self, caps: Capabilities, mode: Any) -> None:
         if self.config.backend == "ao_dynamic" and not mode.implements(self):
@@ -131,6 +145,34 @@ class Int8Precision(Precision):
 
     def details(self) -> dict:
         return dict(self._details)
+
+
+class TorchLayers:
+    """The int8 search's view of this precision (cpueval.int8_search.LayerQuantizer): each quantize()
+    converts a copy of the fp32 model and runs it eagerly."""
+
+    def __init__(self, model: torch.nn.Module, precision: Int8Precision):
+        self.model, self.config = model, precision.config
+
+    def candidates(self) -> list[str]:
+        patterns = self.config.skip_modules
+        return [n for n, m in self.model.named_modules()
+                if isinstance(m, torch.nn.Linear) and not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    def quantize(self, fp32_layers: Any) -> Forward:
+        config = replace(self.config, skip_modules=[*self.config.skip_modules, *fp32_layers], accuracy_target=None)
+        quantized = Int8Precision(config).convert(copy.deepcopy(self.model))
+
+        def forward(inputs: Any) -> dict[str, torch.Tensor]:
+            with torch.inference_mode():
+                outputs = quantized(**inputs)
+            return {k: v.float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+
+        return forward
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": str(self.config.backend), "weights": str(self.config.weights),
+                "skip_modules": list(self.config.skip_modules), "execution": "eager", "torch": torch.__version__}
 
 
 def _import_torchao():
