@@ -71,7 +71,9 @@ class LayerQuantizer(Protocol):
         """The int8 model's forward with `fp32_layers` (and the user's skip_modules) left in fp32."""
 
     def identity(self) -> dict[str, Any]:
-        """Everything besides the model and data that changes what quantize() builds (cache key)."""
+        """Everything besides the model and data that changes what quantize() builds (cache key).
+        A quantizer may also have reference() (the fp32 model in the same execution, else the eager one
+        is used) and close(), called when the search ends."""
 
 
 @dataclass
@@ -281,8 +283,12 @@ def find(quantizer: LayerQuantizer, fp32: Forward, ranking_batches: Sequence[Inp
     if cached is not None:
         return from_entry(cached), "hit", key
     budget = Budget(settings.max_evaluations, settings.max_seconds)
-    ranking = rank_layers(quantizer, fp32, list(ranking_batches)[: settings.ranking_batches])
-    reference = evaluate(fp32)
-    result = search(quantizer, ranking, evaluate, reference, target, budget)
+    fp32 = getattr(quantizer, "reference", lambda: fp32)()
+    try:
+        ranking = rank_layers(quantizer, fp32, list(ranking_batches)[: settings.ranking_batches])
+        reference = evaluate(fp32)
+        result = search(quantizer, ranking, evaluate, reference, target, budget)
+    finally:
+        getattr(quantizer, "close", lambda: None)()  # e.g. a temporary export
     save_cached(cache_dir, key, as_entry(result))
     return result, "miss" if cache_dir else "disabled", key

@@ -143,6 +143,18 @@ def test_the_saved_overrides_rebuild_the_same_model(searched, job: list[str]) ->
     assert (tmp / "again" / "predictions.json").read_text() == (tmp / "first" / "predictions.json").read_text()
 
 
+def test_onnxruntime_int8_searches_through_excluded_nodes(job: list[str], searched, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    _, eager, _ = searched
+    record = run(tmp_path / "run", "mode=onnxruntime", f"runtime.cache_dir={tmp_path / 'cache'}", *job)
+    found = record.int8_search
+    assert found.met_target and found.fp32_layers[0] == "qa_outputs" and found.steps[0].ratio < 0.99
+    details = record.actual.precision_details
+    assert sorted(details["fp32_linear"]) == sorted(found.fp32_layers) and details["nodes_excluded"]
+    assert found.cache == "miss" and found.cache_key != eager.int8_search.cache_key  # its own search, not eager's
+    assert found.reference_metric == 100.0  # ONNX Runtime fp32 predicts as eager fp32 did
+
+
 def test_the_search_and_the_overrides_quantize_identically() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
