@@ -147,8 +147,11 @@ def rank_layers(quantizer: LayerQuantizer, fp32: Forward, batches: Sequence[Inpu
     with torch.inference_mode():
         reference = [{k: v.float() for k, v in fp32(b).items()} for b in batches]
     candidates = quantizer.candidates()
-    errors = [(layer, output_error(reference, quantizer.quantize([c for c in candidates if c != layer]), batches))
-              for layer in candidates]
+    log.info("int8 search: ranking %d layers on %d calibration batches", len(candidates), len(batches))
+    errors = []
+    for layer in candidates:
+        errors.append((layer, output_error(reference, quantizer.quantize([c for c in candidates if c != layer]), batches)))
+        log.debug("int8 search: %s alone -> output error %.5f", layer, errors[-1][1])
     return sorted(errors, key=lambda item: -item[1])
 
 

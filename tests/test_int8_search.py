@@ -155,6 +155,17 @@ def test_onnxruntime_int8_searches_through_excluded_nodes(job: list[str], search
     assert found.reference_metric == 100.0  # ONNX Runtime fp32 predicts as eager fp32 did
 
 
+def test_openvino_int8_searches_through_nncf_ignored_scope(job: list[str], tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    record = run(tmp_path / "run", "mode=openvino", f"runtime.cache_dir={tmp_path / 'cache'}", *job,
+                 "precision.search.ranking_batches=1")
+    found = record.int8_search
+    assert found.fp32_layers[0] == "qa_outputs" and found.steps[0].ratio < 0.99 and found.met_target
+    details = record.actual.precision_details
+    assert sorted(details["fp32_linear"]) == sorted(found.fp32_layers)
+    assert any(node.startswith("__module.qa_outputs/") for node in details["nodes_excluded"])
+
+
 def test_the_search_and_the_overrides_quantize_identically() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
