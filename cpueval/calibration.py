@@ -36,6 +36,7 @@ class CalibrationMethod(StrEnum):
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
+    histogram = "histogram"  # int8 backend pt2e_static only: HistogramObserver (the X86 quantizer's default)
 
 
 @dataclass

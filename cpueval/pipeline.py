@@ -348,7 +348,7 @@ class Run:
         self.reference = copy.deepcopy(self.loaded.model) if rt.parity_batches > 0 else None
         ctx = self._prepare_context()
         with self.timer.stage("prepare"):
-            model = self.loaded.model if mode.implements(precision) else precision.convert(self.loaded.model)
+            model = self.loaded.model if mode.implements(precision) else precision.convert(self.loaded.model, self.calibration)
             self.prepared: PreparedModel = mode.prepare(model, precision, ctx)
 
     def warm_up(self) -> None:

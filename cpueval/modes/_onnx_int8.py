@@ -91,7 +91,7 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     weights, _ = cache.int8_settings(precision)
     nodes, chosen, excluded = plan(path, precision)
     static = config.int8 == "static"
-    method = calibration_method(precision)
+    method = calibration_method(precision) if static else ""
     settings = _settings(chosen, precision, config, ctx)
     material = {"what": "onnxruntime.quantization", "export": export.path.name, **settings,
                 "onnxruntime": onnxruntime.__version__}
@@ -169,7 +169,11 @@ class OnnxLayers:
 def calibration_method(precision: Precision) -> str:
     """precision.calibration.method (minmax, entropy, percentile): one setting for every static int8."""
     calibration = getattr(precision.config, "calibration", None)
-    return str(getattr(calibration, "method", "minmax"))
+    method = str(getattr(calibration, "method", "minmax"))
+    if method not in ("minmax", "entropy", "percentile"):
+        raise UserError(f"precision.calibration.method={method} is not offered by ONNX Runtime: choose minmax, "
+                        f"entropy or percentile")
+    return method
 
 
 def _activations(config: Any, static: bool, method: str) -> str:
