@@ -56,8 +56,8 @@ class ValidationConfig:
 class SearchConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     max_evaluations: int = 12  # validation evaluations (steps), the fp32 reference not counted
-    max_seconds: float = 1800.0  # no new step starts after this (ranking included)
-    ranking_batches: int = 8  # calibration batches the sensitivity ranking runs on
+    max_seconds: float = 3600.0  # no new step starts after this (ranking included)
+    ranking_batches: int = 4  # calibration batches the sensitivity ranking runs on (one forward each per layer)
     metric: Optional[str] = None  # null: f1 when the task reports it, else its first headline metric
 
 

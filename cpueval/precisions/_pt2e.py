@@ -49,8 +49,7 @@ def quantize(model: torch.nn.Module, calibration: Sequence[Mapping[str, torch.Te
     if not calibration:
         raise UserError("precision.backend=pt2e_static calibrates activations: set precision.calibration.samples > 0")
     example = export_example(calibration[0])
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic = {name: {0: batch, 1: sequence} for name in example}
+    dynamic = {name: {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO} for name in example}  # bounds inferred
     with torch.no_grad():
         exported = torch.export.export(model, (), example, dynamic_shapes=dynamic, strict=False)
     quantizer = X86InductorQuantizer().set_global(quantization_config(method, reduce_range))
