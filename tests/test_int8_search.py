@@ -143,10 +143,12 @@ def test_the_saved_overrides_rebuild_the_same_model(searched, job: list[str]) ->
     assert (tmp / "again" / "predictions.json").read_text() == (tmp / "first" / "predictions.json").read_text()
 
 
+@pytest.mark.slow
 def test_onnxruntime_int8_searches_through_excluded_nodes(job: list[str], searched, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     _, eager, _ = searched
-    record = run(tmp_path / "run", "mode=onnxruntime", f"runtime.cache_dir={tmp_path / 'cache'}", *job)
+    record = run(tmp_path / "run", "mode=onnxruntime", f"runtime.cache_dir={tmp_path / 'cache'}", *job,
+                 "precision.search.ranking_batches=1")
     found = record.int8_search
     assert found.met_target and found.fp32_layers[0] == "qa_outputs" and found.steps[0].ratio < 0.99
     details = record.actual.precision_details
@@ -155,6 +157,7 @@ def test_onnxruntime_int8_searches_through_excluded_nodes(job: list[str], search
     assert found.reference_metric == 100.0  # ONNX Runtime fp32 predicts as eager fp32 did
 
 
+@pytest.mark.slow
 def test_openvino_int8_searches_through_nncf_ignored_scope(job: list[str], tmp_path: Path) -> None:
     pytest.importorskip("nncf")
     record = run(tmp_path / "run", "mode=openvino", f"runtime.cache_dir={tmp_path / 'cache'}", *job,

@@ -62,6 +62,7 @@ def test_pt2e_static_needs_calibration_and_a_method_it_offers() -> None:
         entropy.convert(tiny_model(), batches())
 
 
+@pytest.mark.slow
 def test_pt2e_static_runs_under_compile_and_records_what_calibrated(tmp_path: Path) -> None:
     register_configs()
     identity.register_resolvers()
