@@ -3,6 +3,7 @@ model, calibrated on the sample's batches, then through the pipeline under mode=
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -40,9 +41,11 @@ def test_pt2e_static_quantizes_the_linear_layers_it_is_not_told_to_skip() -> Non
         reference = [model(**b).start_logits for b in batches()]
     precision = create_precision("int8", backend="pt2e_static", skip_modules=["qa_outputs"])
     quantized = precision.convert(model, batches())
-    graph = str(quantized.graph)
-    # Each quantized Linear: its input and weight pass quantize/dequantize pairs; 6 Linear layers, qa_outputs skipped.
-    assert graph.count("quantize_per_channel") == 6 and "quantize_per_tensor" in graph
+    ops = collections.Counter(str(n.target) for n in quantized.graph.nodes if n.op == "call_function")
+    # One int8 weight per quantized Linear (6 of the 7: qa_outputs skipped), dequantized per channel; the
+    # activations are quantized per tensor once per distinct input (query/key/value share theirs): 4.
+    assert ops["quantized_decomposed.dequantize_per_channel.default"] == 6
+    assert ops["quantized_decomposed.quantize_per_tensor.default"] == 4
     details = precision.details()
     assert details["quantized_linear"] == 6 and details["fp32_linear"] == ["qa_outputs"]
     assert details["calibration_batches"] == 3 and details["activations"] == "per_tensor uint8, calibrated (minmax)"
