@@ -287,8 +287,15 @@ def find(quantizer: LayerQuantizer, fp32: Forward, ranking_batches: Sequence[Inp
         return from_entry(cached), "hit", key
     budget = Budget(settings.max_evaluations, settings.max_seconds)
     fp32 = getattr(quantizer, "reference", lambda: fp32)()
+    # The ranking depends on neither the target nor the validation slice: cached on its own, so a search
+    # with another target or slice skips it.
+    ranking_key = "ranking-" + cache_key({k: v for k, v in material.items() if k not in ("validation", "metric", "task")}
+                                         | {"quantizer": quantizer.identity(), "batches": settings.ranking_batches})
     try:
-        ranking = rank_layers(quantizer, fp32, list(ranking_batches)[: settings.ranking_batches])
+        ranking = [tuple(r) for r in (load_cached(cache_dir, ranking_key) or {}).get("ranking", [])]
+        if not ranking:
+            ranking = rank_layers(quantizer, fp32, list(ranking_batches)[: settings.ranking_batches])
+            save_cached(cache_dir, ranking_key, {"ranking": ranking})
         reference = evaluate(fp32)
         result = search(quantizer, ranking, evaluate, reference, target, budget)
     finally:
