@@ -32,7 +32,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from cpueval import batching, cache_files, calibration, instances, plugins, records
+from cpueval import batching, cache_files, calibration, instances, int8_search, plugins, records
 from cpueval.checks import inapplicable_settings, os_error_as_user_error, oversubscription
 from cpueval.data import fingerprint, load_examples, require_columns
 from cpueval.config import Scenario
@@ -40,6 +40,7 @@ from cpueval.environment import describe_environment, detect_capabilities, packa
 from cpueval.errors import Refused, UserError
 from cpueval.identity import job_hash
 from cpueval.models import LoadedModel, load_model, max_positions
+from cpueval.modes._runtime_cache import tensors_digest
 from cpueval.modes.base import Mode, PrepareContext, PreparedModel
 from cpueval.precisions.base import Precision
 from cpueval.records import (Actual, DataInfo, ErrorInfo, Latency, Memory, ModelInfo, OutputParity, Parity, Requested, RunRecord,
@@ -189,7 +190,8 @@ def forward_loop(prepared: PreparedModel, batches: Sequence[batching.Batch], tas
 
 def prepare_model(model: torch.nn.Module, mode: Mode, precision: Precision, ctx: PrepareContext) -> PreparedModel:
     """Precision conversion, then the mode's preparation (a mode that implements the precision gets fp32)."""
-    return mode.prepare(model if mode.implements(precision) else precision.convert(model), precision, ctx)
+    converted = model if mode.implements(precision) else precision.convert(model, ctx.calibration)
+    return mode.prepare(converted, precision, ctx)
 
 
 def warm_up(prepared: PreparedModel, batches: Sequence[batching.Batch], count: int) -> None:
@@ -265,8 +267,10 @@ class Run:
         self.load_model()       # model + tokenizer
         self.load_data()        # examples, checked against the task's columns
         self.calibration_data() # static quantization's calibration batches, if the mode or precision needs them
+        self.validation_data()  # the int8 search's validation slice, if precision.accuracy_target is set
         self.tokenize()         # features, cached by content
         self.make_batches()     # length-bucketed, dynamically padded
+        self.search_int8()      # precision.accuracy_target: which layers stay fp32 (cpueval/int8_search.py)
         self.prepare()          # precision conversion + mode preparation (trace/compile/export + warm-up calls)
         self.warm_up()          # runtime.warmup_batches untimed calls
         self.timed_loop()       # one timed forward call per batch (runtime.instances > 1: the three stages above
@@ -362,19 +366,39 @@ class Run:
             raise UserError(f"mode={self.mode.name} precision={self.precision.name} needs calibration data, but "
                             f"precision={self.precision.name} has no calibration settings")
         with self.timer.stage("calibration"):
-            chosen = calibration.choose(settings, OmegaConf.to_object(self.cfg.data), self.examples,
-                                        load=self._load_prepared, ids_of=lambda d: [str(i) for i in d["id"]])
-            chosen_fp = fingerprint(chosen.examples)
-            features, _ = tokenize_cached(self.task, chosen.examples, chosen_fp,
-                                          self.loaded.tokenizer, self.loaded.identity["tokenizer_sha256"],
-                                          self.rt.cache_dir)
-            self.calibration = [b.inputs for b in make_batches(features, self.loaded.tokenizer, self.task, self.rt)]
+            _, _, batches, self.record.data.calibration = self._set_aside(settings, "precision.calibration", "calibrated")
+        self.calibration = [b.inputs for b in batches]
+
+    def validation_data(self) -> None:
+        """The int8 search's validation slice, after the calibration examples (never the scored ones unless
+        precision.search.validation.source=scored, and then recorded)."""
+        self.validation: Optional[tuple[datasets.Dataset, datasets.Dataset, list[batching.Batch], Any]] = None
+        if getattr(self.precision.config, "accuracy_target", None) is None:
+            return
+        calibrated = self.record.data.calibration
+        skip = calibrated.examples if calibrated is not None and calibrated.source == "unscored" else 0
+        with self.timer.stage("int8_search"):
+            self.validation = self._set_aside(self.precision.config.search.validation,
+                                              "precision.search.validation", "validate the int8 search", skip)
+
+    def _set_aside(self, settings: Any, setting: str, purpose: str, skip: int = 0) -> tuple[Any, Any, list[batching.Batch], Any]:
+        """(examples, features, batches, record) of the examples `settings` choose (cpueval/calibration.py).
+        Held-out examples leave the scored set; the record and a warning say so, as for an overlap."""
+        chosen = calibration.choose(settings, OmegaConf.to_object(self.cfg.data), self.examples, load=self._load_prepared,
+                                    ids_of=lambda d: [str(i) for i in d["id"]], setting=setting, skip=skip)
+        chosen_fp = fingerprint(chosen.examples)
+        features, _ = tokenize_cached(self.task, chosen.examples, chosen_fp, self.loaded.tokenizer,
+                                      self.loaded.identity["tokenizer_sha256"], self.rt.cache_dir)
+        batches = make_batches(features, self.loaded.tokenizer, self.task, self.rt)
+        count = chosen.info["examples"]
         if chosen.info["left_out_of_scoring"]:
             self.examples, self.examples_fp = chosen.scored, fingerprint(chosen.scored)
             self.record.data.num_examples, self.record.data.fingerprint = len(self.examples), self.examples_fp
-            self.record.warnings.append(f"{chosen.info['examples']} examples calibrated and were left out of scoring "
-                                        "(precision.calibration.source=held_out): compare with other jobs carefully")
-        self.record.data.calibration = records.CalibrationInfo(**chosen.info, fingerprint=chosen_fp)
+            self.record.warnings.append(f"{count} examples {purpose} and were left out of scoring "
+                                        f"({setting}.source=held_out): compare with other jobs carefully")
+        if chosen.info["overlaps_scored"]:
+            self.record.warnings.append(f"{count} of the scored examples also {purpose} ({setting}.source=scored)")
+        return chosen.examples, features, batches, records.CalibrationInfo(**chosen.info, fingerprint=chosen_fp)
 
     def _load_prepared(self, data_config: Any) -> datasets.Dataset:
         examples, source = load_examples(data_config)
@@ -396,6 +420,26 @@ class Run:
         data = self.record.data
         data.num_batches, data.real_tokens = len(self.batches), self.real_tokens
         data.padding_share = batching.padding_share(self.batches)
+
+    def search_int8(self) -> None:
+        if self.validation is None:
+            return
+        with self.timer.stage("int8_search"):
+            quantizer = self.mode.layer_quantizer(self.loaded.model, self.precision, self.prepare_context(self.batches[0].inputs))
+            if quantizer is None:
+                raise UserError(f"mode={self.mode.name} precision={self.precision.name} cannot leave chosen layers in "
+                                f"fp32: set precision.accuracy_target=null (or use another mode)")
+            self.record.int8_search = search_int8(self, quantizer)
+        info = self.record.int8_search
+        self.precision.config.skip_modules = [*self.precision.config.skip_modules, *info.fp32_layers]
+        int8_search.write_result(self.run_dir, self.precision.config.skip_modules, {
+            "met_target": info.met_target, "metric": info.metric, "evaluations": info.evaluations,
+            "seconds": round(info.seconds, 1), "cache_key": info.cache_key})
+        log.info("int8 search (%s): %d layer(s) fp32, target %s; pass back: %s", info.cache, len(info.fp32_layers),
+                 "met" if info.met_target else "NOT met", info.overrides)
+        if not info.met_target:
+            self.record.warnings.append(f"int8 search: precision.accuracy_target={info.accuracy_target} not met "
+                                        f"({info.stopped}); the most accurate configuration tried runs")
 
     def prepare_context(self, example: Any) -> PrepareContext:
         rt = self.rt
@@ -428,6 +472,9 @@ class Run:
         shards = instances.shard(self.batches, len(self.core_sets))
         config = copy.deepcopy(self.cfg)
         OmegaConf.resolve(config)  # the workers see the values this process resolved (env, resolvers)
+        if self.record.int8_search is not None:  # the layers the search kept in fp32, not a search per instance
+            config.precision.skip_modules = list(self.precision.config.skip_modules)
+            config.precision.accuracy_target = None
         launched_at = time.perf_counter()
         jobs = [instances.InstanceJob(index=i, cores=cores, config=config, context=self.prepare_context(
                     self.batches[shard[0]].inputs), batch_numbers=shard, batches=[self.batches[n] for n in shard],
@@ -518,6 +565,42 @@ def overwrite_in_place(path: Path, data: dict[str, Any]) -> None:
             handle.write(json.dumps(records.jsonable(data), separators=(",", ":"), ensure_ascii=False) + "\n")
     except OSError as err:
         log.error("%s could not be written either: %s", path, err)
+
+
+def search_int8(run: Run, quantizer: Any) -> records.Int8SearchInfo:
+    """The search for `run`'s int8 (cpueval/int8_search.py), from the cache when it ran before on the same
+    model, settings, calibration batches and validation slice; what it found, as recorded."""
+    config = run.precision.config
+    examples, features, batches, validation = run.validation
+    metric = int8_search.gate_metric(run.task.headline_metrics(), config.search.metric)
+
+    def evaluate(forward: Any) -> int8_search.Evaluation:
+        loop = forward_loop(PreparedModel(forward=forward, mode="int8_search"), batches, run.task, len(features),
+                            progress=False)
+        metrics = run.task.compute_metrics(examples, run.task.postprocess(examples, features, loop.per_feature))
+        return int8_search.Evaluation(metric=float(metrics[metric]), forward_seconds=loop.seconds)
+
+    material = {"model": {k: run.loaded.identity[k] for k in ("weights_sha256", "config_sha256")},
+                "task": OmegaConf.to_container(run.cfg.task, resolve=True), "metric": metric,
+                "calibration": tensors_digest(run.calibration or []), "validation": tensors_digest(b.inputs for b in batches)}
+    result, cache, key = int8_search.find(quantizer, _eager_fp32(run.loaded.model), run.calibration or [], evaluate,
+                                          config.accuracy_target, config.search, run.prepare_context(run.batches[0].inputs).cache_dir, material)
+    steps = [records.SearchStep(**vars(step)) for step in result.steps]
+    return records.Int8SearchInfo(
+        accuracy_target=config.accuracy_target, metric=metric, reference_metric=result.reference_metric,
+        reference_forward_seconds=result.reference_forward_seconds, validation=validation,
+        fp32_layers=result.fp32_layers, met_target=result.met_target, stopped=result.stopped,
+        evaluations=result.evaluations, seconds=result.seconds, cache=cache, cache_key=key,
+        overrides=" ".join(f"'{o}'" for o in int8_search.overrides([*config.skip_modules, *result.fp32_layers])),
+        ranking=result.ranking, steps=steps)
+
+
+def _eager_fp32(model: torch.nn.Module) -> Any:
+    def forward(inputs: Any) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return {k: v.float() for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
+
+    return forward
 
 
 def add_plugin_facts(env: records.Environment, packages: Sequence[str], caps: Any) -> None:

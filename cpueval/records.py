@@ -117,6 +117,41 @@ class CalibrationInfo:
     method: str
     ids: list[str]
     fingerprint: str
+    overlaps_scored: bool = False  # source=scored: these are scored too
+
+
+@dataclass
+class SearchStep:
+    """One evaluation of the int8 search: the `kept` most sensitive layers in fp32."""
+
+    kept: int
+    metric: float
+    ratio: float  # metric / fp32 metric on the validation slice
+    passed: bool
+    forward_seconds: float  # the validation slice's forward loop (eager for the PyTorch backends)
+    speedup: float  # fp32's forward seconds / this step's, same execution and slice
+    seconds: float  # quantizing + evaluating
+
+
+@dataclass
+class Int8SearchInfo:
+    """precision.accuracy_target's search (cpueval/int8_search.py)."""
+
+    accuracy_target: float
+    metric: str
+    reference_metric: float  # fp32 on the validation slice
+    reference_forward_seconds: float
+    validation: CalibrationInfo  # the examples each step is scored on
+    fp32_layers: list[str]  # kept in fp32 (precision.skip_modules for this run, with the user's own)
+    met_target: bool
+    stopped: str
+    evaluations: int
+    seconds: float  # the search's cost when it ran (a cache hit costs none of it)
+    cache: str  # hit | miss | disabled
+    cache_key: str
+    overrides: str  # pass these back to rebuild the chosen model without searching
+    ranking: list[tuple[str, float]] = field(default_factory=list)  # (layer, output error alone), worst first
+    steps: list[SearchStep] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +178,7 @@ class Timing:
     batching: Optional[float] = None
     calibration: Optional[float] = None  # choosing, tokenizing and batching the calibration examples
     instance_start: Optional[float] = None  # runtime.instances > 1: worker start-up and model loading (slowest)
+    int8_search: Optional[float] = None  # precision.accuracy_target: validation slice, ranking, search
     prepare: Optional[float] = None
     warmup: Optional[float] = None
     forward_loop: Optional[float] = None  # instances > 1: from the first instance's first batch to the last's last
@@ -264,6 +300,7 @@ class RunRecord:
     throughput: Optional[Throughput] = None
     memory: Optional[Memory] = None
     parity: Optional[Parity] = None
+    int8_search: Optional[Int8SearchInfo] = None
     warnings: list[str] = field(default_factory=list)
 
     @property

@@ -51,6 +51,11 @@ def render_summary(record: RunRecord) -> str:
         rows.append(("peak RSS", f"{_fmt(record.memory.peak_rss_mb, 0)} MB"))
     if record.parity:
         rows.append(("parity vs eager fp32", f"identical predictions {record.parity.identical_predictions}"))
+    if record.int8_search:
+        found = record.int8_search
+        rows.append(("int8 search", f"{len(found.fp32_layers)} layer(s) fp32, target {found.accuracy_target} "
+                                    f"{'met' if found.met_target else 'NOT met'} ({found.evaluations} evaluations, "
+                                    f"{_fmt(found.seconds, 0)} s, cache {found.cache}); pass back {found.overrides}"))
     rows.append(("files", record.run_dir))
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]

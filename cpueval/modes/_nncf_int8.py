@@ -11,7 +11,7 @@ the Linear layers' MatMul nodes, whose names convert_model derives from the modu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from cpueval.modes import _runtime_cache as cache
 from cpueval.modes.base import PrepareContext
@@ -55,17 +55,59 @@ def quantize_cached(ov_model: Any, converted: cache.CacheEntry, precision: Preci
 
 
 def _quantize(ov_model: Any, path: Path, weights: str, ignored: list[str], ctx: PrepareContext) -> None:
-    import nncf
     import openvino
+
+    openvino.save_model(_quantized(ov_model, weights, ignored, ctx), str(path), compress_to_fp16=False)
+
+
+def _quantized(ov_model: Any, weights: str, ignored: list[str], ctx: PrepareContext) -> Any:
+    import nncf
 
     input_names = [i.get_any_name() for i in ov_model.inputs]
     dataset = nncf.Dataset([cache.to_numpy_inputs(batch, input_names) for batch in ctx.calibration or []])
     with cache.quiet("nncf"):  # progress bars and notes on stdout
-        quantized = nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(ctx.calibration or []),
-                                  ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
-                                  advanced_parameters=_per_tensor() if weights == "per_tensor" else None)
-    openvino.save_model(quantized, str(path), compress_to_fp16=False)
+        return nncf.quantize(ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(ctx.calibration or []),
+                             ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+                             advanced_parameters=_per_tensor() if weights == "per_tensor" else None)
+
+
+class NncfLayers:
+    """The int8 search's view of NNCF int8 (cpueval.int8_search.LayerQuantizer): each quantize() runs
+    nncf.quantize on the converted model with the kept layers' MatMuls in the IgnoredScope and compiles
+    the result in memory (the search's trial models are not cached). Each costs a full NNCF calibration,
+    so ranking is slow: about one NNCF quantization per Linear layer."""
+
+    def __init__(self, converted: cache.CacheEntry, ov_model: Any, precision: Precision, ctx: PrepareContext,
+                 open_model: Callable[[Any], Callable[[Any], Any]]):
+        self.converted, self.ov_model, self.precision, self.ctx = converted, ov_model, precision, ctx
+        self.open_model = open_model
+        self.linear = linear_ops(ov_model)
+
+    def candidates(self) -> list[str]:
+        _, patterns = cache.int8_settings(self.precision)
+        skipped = set(cache.skipped_modules(self.linear.values(), patterns))
+        return [m for m in dict.fromkeys(self.linear.values()) if m not in skipped]
+
+    def quantize(self, fp32_layers: Sequence[str]) -> Callable[[Any], Any]:
+        weights, patterns = cache.int8_settings(self.precision)
+        skipped = set(cache.skipped_modules(self.linear.values(), patterns)) | set(fp32_layers)
+        ignored = sorted(name for name, module in self.linear.items() if module in skipped)
+        return self.open_model(_quantized(self.ov_model.clone(), weights, ignored, self.ctx))
+
+    def reference(self) -> Callable[[Any], Any]:
+        """The converted fp32 model in OpenVINO: the speed each step is compared with."""
+        return self.open_model(self.ov_model)
+
+    def identity(self) -> dict[str, Any]:
+        import nncf
+
+        weights, patterns = cache.int8_settings(self.precision)
+        return {"runtime": "openvino", "nncf": nncf.__version__, "convert": self.converted.sha256, "weights": weights,
+                "skip_modules": patterns, "model_type": "TRANSFORMER"}
+
+    def close(self) -> None:
+        self.converted.cleanup()
 
 
 def _per_tensor() -> Optional[Any]:

@@ -15,8 +15,11 @@ through the module path the dynamo exporter records on each node (`pkg.torch.onn
 from __future__ import annotations
 
 import ast
+import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -88,12 +91,8 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     weights, _ = cache.int8_settings(precision)
     nodes, chosen, excluded = plan(path, precision)
     static = config.int8 == "static"
-    method = calibration_method(precision)
-    settings = {"method": config.int8, "per_channel": weights == "per_channel",
-                "nodes": chosen + [GEMM_AS_MATMUL.format(n) for n in chosen]}
-    if static:
-        settings.update(calibration_method=method, activation_symmetric=config.activation_symmetric,
-                        calibration=cache.tensors_digest(ctx.calibration or []))
+    method = calibration_method(precision) if static else ""
+    settings = _settings(chosen, precision, config, ctx)
     material = {"what": "onnxruntime.quantization", "export": export.path.name, **settings,
                 "onnxruntime": onnxruntime.__version__}
     entry = cache.cached_entry(ctx.cache_dir, "onnx", material,
@@ -117,10 +116,64 @@ def quantize_cached(path: Path, export: cache.CacheEntry, precision: Precision, 
     return entry, details
 
 
+def _settings(chosen: Sequence[str], precision: Any, config: Any, ctx: PrepareContext) -> dict[str, Any]:
+    """What _quantize needs (and the cache key holds): method, weight scales, the nodes, calibration."""
+    weights, _ = cache.int8_settings(precision)
+    settings = {"method": config.int8, "per_channel": weights == "per_channel",
+                "nodes": list(chosen) + [GEMM_AS_MATMUL.format(n) for n in chosen]}
+    if config.int8 == "static":
+        settings.update(calibration_method=calibration_method(precision), activation_symmetric=config.activation_symmetric,
+                        calibration=cache.tensors_digest(ctx.calibration or []))
+    return settings
+
+
+class OnnxLayers:
+    """The int8 search's view of ONNX Runtime int8 (cpueval.int8_search.LayerQuantizer): one export; each
+    quantize() quantizes it with the chosen layers' nodes excluded (nodes_to_quantize leaves them out) into
+    a temporary directory (the search's trial models are not cached) and opens a session on it."""
+
+    def __init__(self, export: cache.CacheEntry, precision: Precision, config: Any, ctx: PrepareContext,
+                 open_model: Callable[[Path], Callable[[Inputs], Any]]):
+        self.export, self.path = export, export.path / MODEL_FILE
+        self.precision, self.config, self.ctx, self.open_model = precision, config, ctx, open_model
+
+    def candidates(self) -> list[str]:
+        nodes, chosen, _ = plan(self.path, self.precision)
+        return list(dict.fromkeys(nodes[n] or n for n in chosen))
+
+    def quantize(self, fp32_layers: Sequence[str]) -> Callable[[Inputs], Any]:
+        config = replace(self.precision.config, skip_modules=[*self.precision.config.skip_modules, *fp32_layers])
+        trial = SimpleNamespace(config=config)
+        _, chosen, _ = plan(self.path, trial)  # type: ignore[arg-type]
+        with tempfile.TemporaryDirectory(prefix="cpueval-int8-search-") as directory:
+            target = Path(directory) / MODEL_FILE
+            _quantize(self.path, target, _settings(chosen, trial, self.config, self.ctx), self.ctx.calibration)
+            return self.open_model(target)  # the session holds the model: the files can go
+
+    def reference(self) -> Callable[[Inputs], Any]:
+        """The fp32 export in the same runtime: the speed each step is compared with."""
+        return self.open_model(self.path)
+
+    def identity(self) -> dict[str, Any]:
+        import onnxruntime
+
+        return {"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__, "export": self.export.sha256,
+                "settings": _settings([], self.precision, self.config, self.ctx),
+                "skip_modules": list(self.precision.config.skip_modules),
+                "graph_optimization_level": self.config.graph_optimization_level}
+
+    def close(self) -> None:
+        self.export.cleanup()
+
+
 def calibration_method(precision: Precision) -> str:
     """precision.calibration.method (minmax, entropy, percentile): one setting for every static int8."""
     calibration = getattr(precision.config, "calibration", None)
-    return str(getattr(calibration, "method", "minmax"))
+    method = str(getattr(calibration, "method", "minmax"))
+    if method not in ("minmax", "entropy", "percentile"):
+        raise UserError(f"precision.calibration.method={method} is not offered by ONNX Runtime: choose minmax, "
+                        f"entropy or percentile")
+    return method
 
 
 def _activations(config: Any, static: bool, method: str) -> str:

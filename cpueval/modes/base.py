@@ -83,6 +83,11 @@ class Mode(Plugin):
         """Whether preparing with this precision needs calibration batches (static quantization)."""
         return False
 
+    def layer_quantizer(self, model: torch.nn.Module, precision: "Precision", ctx: PrepareContext) -> Any:
+        """For precision.accuracy_target's search: a cpueval.int8_search.LayerQuantizer, or None when this
+        mode cannot leave chosen layers in fp32. A mode that implements the precision provides its own."""
+        return None if self.implements(precision) else precision.layer_quantizer(model, ctx.calibration)
+
     def check(self, caps: Capabilities, precision: "Precision") -> None:
         """Raise cpueval.errors.Refused (before the model loads) if this cannot run here."""
 

@@ -91,6 +91,16 @@ class OnnxRuntimeMode(GuardedMode):
                             f"(or use mode.int8=dynamic)")
         return super().prepare(model, precision, ctx)
 
+    def layer_quantizer(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Any:
+        """precision.accuracy_target's search over ONNX Runtime int8: layers stay fp32 as excluded nodes."""
+        if precision.name != "int8":
+            return None
+        from cpueval.modes._onnx_int8 import OnnxLayers
+
+        level = self.config.graph_optimization_level
+        return OnnxLayers(_export_cached(model, ctx, self.config.opset), precision, self.config, ctx,
+                          open_model=lambda path: _caller(_session(path, level, ctx)))
+
     def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
         import onnx
         import onnxruntime

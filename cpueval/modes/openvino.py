@@ -84,6 +84,19 @@ class OpenVinoMode(GuardedMode):
             raise UserError(_no_calibration(self.name))
         return super().prepare(model, precision, ctx)
 
+    def layer_quantizer(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Any:
+        """precision.accuracy_target's search over NNCF int8: layers stay fp32 through NNCF's IgnoredScope."""
+        if precision.name != "int8":
+            return None
+        import openvino
+
+        from cpueval.modes._nncf_int8 import NncfLayers
+
+        core, converted = openvino.Core(), _convert_cached(model, ctx)
+        properties = self._properties(precision, ctx)
+        return NncfLayers(converted, core.read_model(converted.path / MODEL_FILE), precision, ctx,
+                          open_model=lambda ov_model: _caller(core.compile_model(ov_model, "CPU", properties)))
+
     def build(self, model: torch.nn.Module, precision: Precision, ctx: PrepareContext) -> Built:
         import openvino
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Optional, Sequence
 
 import torch
 from omegaconf import MISSING
@@ -41,8 +41,14 @@ class Precision(Plugin):
         """Whether convert() needs calibration batches with this mode (static quantization)."""
         return False
 
-    def convert(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Return the model with this precision's weights (cast or quantized)."""
+    def layer_quantizer(self, model: torch.nn.Module, calibration: Optional[Sequence[Any]] = None) -> Any:
+        """For precision.accuracy_target's search: a cpueval.int8_search.LayerQuantizer over `model`
+        (the fp32 model), or None when this precision cannot leave chosen layers unconverted."""
+        return None
+
+    def convert(self, model: torch.nn.Module, calibration: Optional[Sequence[Any]] = None) -> torch.nn.Module:
+        """Return the model with this precision's weights (cast or quantized); `calibration`: the
+        calibration batches when needs_calibration() asked for them."""
         return model
 
     def autocast(self) -> ContextManager:

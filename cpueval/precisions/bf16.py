@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 
@@ -37,7 +37,7 @@ class Bf16Precision(Precision):
     emulated_note = EMULATED
     order = 10
 
-    def convert(self, model: torch.nn.Module) -> torch.nn.Module:
+    def convert(self, model: torch.nn.Module, calibration: Any = None) -> torch.nn.Module:
         return model.to(torch.bfloat16) if self.config.weights == "cast" else model
 
     def autocast(self) -> ContextManager:
