@@ -39,6 +39,7 @@ from cpueval.environment import describe_environment, detect_capabilities, usabl
 from cpueval.errors import Refused
 from cpueval.modes.base import PrepareContext
 from cpueval.parity import compare_outputs
+from cpueval.pipeline import prepare_model
 from cpueval.precisions.base import Precision
 
 DEFAULT_COMBOS = [f"{m}:{p}" for m in plugins.names("mode") for p in plugins.names("precision")]
@@ -76,8 +77,7 @@ def prepare_combo(combo: str, base: torch.nn.Module, inputs: dict, args: argpars
             return {"combo": combo, "refused": str(refused)}
     start = time.perf_counter()
     model = copy.deepcopy(base)
-    prepared = mode.prepare(model if mode.implements(precision) else precision.convert(model), precision,
-                            PrepareContext(example=inputs, intra_op_threads=args.threads))
+    prepared = prepare_model(model, mode, precision, PrepareContext(example=inputs, intra_op_threads=args.threads))
     prepare_s = time.perf_counter() - start
     for _ in range(args.warmup):
         outputs = prepared.forward(inputs)

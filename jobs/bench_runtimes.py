@@ -35,11 +35,11 @@ from cpueval.models import load_model
 from cpueval.modes._common import create_mode
 from cpueval.modes.base import PrepareContext
 from cpueval.parity import compare_outputs
-from cpueval.pipeline import configure_threads, make_batches
+from cpueval.pipeline import configure_threads, make_batches, prepare_model
 from cpueval.precisions import create_precision
 
 # mode:precision[:mode option=value]
-COMBOS = ["eager:fp32", "eager:int8", "onnxruntime:fp32", "onnxruntime:int8", "onnxruntime:int8:int8=static",
+COMBOS = ["eager:fp32", "compile:fp32", "eager:int8", "onnxruntime:fp32", "onnxruntime:int8", "onnxruntime:int8:int8=static",
           "openvino:fp32", "openvino:int8"]
 
 
@@ -56,7 +56,7 @@ def prepare(combo: str, loaded: Any, ctx: PrepareContext) -> dict[str, Any]:
     plugins.check_together(detect_capabilities(), mode, precision)
     model = copy.deepcopy(loaded.model)
     start = time.perf_counter()
-    prepared = mode.prepare(model if mode.implements(precision) else precision.convert(model), precision, ctx)
+    prepared = prepare_model(model, mode, precision, ctx)
     return {"combo": combo, "prepared": prepared, "prepare_s": time.perf_counter() - start, "passes": []}
 
 
