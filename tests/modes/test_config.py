@@ -57,7 +57,7 @@ def test_options_are_typed():
 
 
 @pytest.mark.parametrize("override, valid", [
-    ("precision=int8 precision.backend=fbgemm", "ao_dynamic, torchao"),
+    ("precision=int8 precision.backend=fbgemm", "ao_dynamic, torchao, pt2e_static"),
     ("precision=int8 precision.weights=per_row", "per_channel, per_tensor"),
     ("precision=bf16 precision.weights=half", "autocast, cast"),
     ("task=token_classification task.scheme=BIO", "IOB1, IOB2"),

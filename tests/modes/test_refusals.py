@@ -94,7 +94,7 @@ def test_emulation_warnings_follow_the_declared_cpu_features(tiny):
 def test_bad_option_values_are_user_errors(tiny):
     with pytest.raises(UserError, match=r"precision.weights=.half.: Invalid value .half., expected one of \[autocast, cast\]"):
         tiny.precision("bf16", weights="half")
-    with pytest.raises(UserError, match=r"precision.backend=.fbgemm.: Invalid value .fbgemm., expected one of \[ao_dynamic, torchao\]"):
+    with pytest.raises(UserError, match=r"precision.backend=.fbgemm.: Invalid value .fbgemm., expected one of \[ao_dynamic, torchao, pt2e_static\]"):
         tiny.precision("int8", backend="fbgemm")
     with pytest.raises(UserError, match="mode.mode='fastest'"):
         create_mode("compile", mode="fastest")
