@@ -36,8 +36,8 @@ from cpueval.errors import UserError
 
 log = logging.getLogger(__name__)
 
-Inputs = Mapping[str, torch.Tensor]
-Forward = Callable[[Inputs], Mapping[str, torch.Tensor]]
+Inputs = Mapping[str, "torch.Tensor"]  # a string: torch stays deferred until a job runs (cpueval.lazy_imports)
+Forward = Callable[[Inputs], Mapping[str, "torch.Tensor"]]
 SEARCH_FORMAT = 1  # bump when the search's algorithm or cached entry changes
 RESULT_FILE = "int8_search.yaml"
 
