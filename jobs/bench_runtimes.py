@@ -100,7 +100,7 @@ def main() -> None:
     loaded = load_model(cfg.model, task, cfg.runtime.cache_dir)
     batches = batches_of(cfg, task, loaded.tokenizer, 0, args.questions)
     ctx = PrepareContext(example=batches[0], cache_dir=None, model_sha256=loaded.identity["weights_sha256"],
-                         intra_op_threads=threads["intra_op_threads"],
+                         intra_op_threads=threads.intra_op_threads,
                          calibration=batches_of(cfg, task, loaded.tokenizer, 2000, args.calibration))
     results = [prepare(combo, loaded, ctx) for combo in args.only]
     for _ in range(args.reps):
@@ -108,7 +108,7 @@ def main() -> None:
     with torch.inference_mode():
         reference = [{k: v for k, v in loaded.model(**b).items() if isinstance(v, torch.Tensor)} for b in batches]
     env = describe_environment()
-    print(f"# {env['cpu_model']}, {threads['intra_op_threads']} threads, torch {torch.__version__}, minilm-squad, "
+    print(f"# {env['cpu_model']}, {threads.intra_op_threads} threads, torch {torch.__version__}, minilm-squad, "
           f"{args.questions} questions ({len(batches)} batches), {args.reps} reps, load {os.getloadavg()[0]:.1f}")
     print(table(results, reference, [b["attention_mask"].sum(1).tolist() for b in batches]))
 
