@@ -5,7 +5,6 @@ job identity."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,7 @@ import pytest
 
 from cpueval import identity, report, verdict
 
-# The report tests' record builder (tests run in importlib mode: test modules do not import each other by name).
-_spec = importlib.util.spec_from_file_location("report_records", Path(__file__).with_name("test_report.py"))
-_report_tests = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_report_tests)
-make_record, row, write = _report_tests.make_record, _report_tests.row, _report_tests.write
+from hand_records import make_record, row, write  # tests/support
 
 
 def finished_badly(record: dict[str, Any], status: str) -> dict[str, Any]:
