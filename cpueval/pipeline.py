@@ -441,9 +441,14 @@ class Run:
             self.record.warnings.append(f"int8 search: precision.accuracy_target={info.accuracy_target} not met "
                                         f"({info.stopped}); the most accurate configuration tried runs")
 
+    @property
+    def cache_dir(self) -> Optional[Path]:
+        """runtime.cache_dir expanded (None: caches off)."""
+        return Path(self.rt.cache_dir).expanduser() if self.rt.cache_dir else None
+
     def prepare_context(self, example: Any) -> PrepareContext:
         rt = self.rt
-        return PrepareContext(example=example, cache_dir=Path(rt.cache_dir).expanduser() if rt.cache_dir else None,
+        return PrepareContext(example=example, cache_dir=self.cache_dir,
                               model_sha256=self.loaded.identity["weights_sha256"], calibration=self.calibration,
                               intra_op_threads=self.record.threads.intra_op_threads, inter_op_threads=rt.inter_op_threads)
 
@@ -584,7 +589,7 @@ def search_int8(run: Run, quantizer: Any) -> records.Int8SearchInfo:
                 "task": OmegaConf.to_container(run.cfg.task, resolve=True), "metric": metric,
                 "calibration": tensors_digest(run.calibration or []), "validation": tensors_digest(b.inputs for b in batches)}
     result, cache, key = int8_search.find(quantizer, _eager_fp32(run.loaded.model), run.calibration or [], evaluate,
-                                          config.accuracy_target, config.search, run.prepare_context(run.batches[0].inputs).cache_dir, material)
+                                          config.accuracy_target, config.search, run.cache_dir, material)
     steps = [records.SearchStep(**vars(step)) for step in result.steps]
     return records.Int8SearchInfo(
         accuracy_target=config.accuracy_target, metric=metric, reference_metric=result.reference_metric,
