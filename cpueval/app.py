@@ -145,6 +145,7 @@ def main() -> None:
     if {"--help", "-h"} & set(sys.argv[1:]) and not any(a.startswith("-") and a not in ("--help", "-h")
                                                          for a in sys.argv[1:]):
         sys.exit(print_help([a for a in sys.argv[1:] if a not in ("--help", "-h")]))
+    sweep_callback.forget_last_launch()
     with launcher_errors_in_one_line():
         hydra_main()
     # 1 when a job of this multirun launch failed, 3 when jobs were only refused (0 for single runs,

@@ -29,6 +29,11 @@ def launch_config() -> Optional[DictConfig]:
 REFUSED_EXIT_CODE = 3  # as a single refused run (cpueval.errors.Refused.exit_code)
 
 
+def forget_last_launch() -> None:
+    """A new command starts: a single run after a multirun in the same process exits by its own outcome."""
+    _launch_not_ok.clear()
+
+
 def launch_exit_code() -> int:
     """The exit code of the last multirun launch in this process, from its sweep dir: 0 when every job
     is ok, 3 when the others are refusals only (a combination this machine or installation cannot run,

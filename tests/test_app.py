@@ -1,4 +1,6 @@
-"""The Hydra app end to end (as a user runs it: a subprocess), and every error a user can make."""
+"""The Hydra app end to end, and every error a user can make. The default job runs once as a user
+runs it (the console script in a new process); the other runs go through the same entry in-process
+(tests/support/inprocess.py): a new process would prove nothing more."""
 
 from __future__ import annotations
 
@@ -12,20 +14,21 @@ import pytest
 
 from cpueval.data import fingerprint, load_examples
 from cpueval.config import DataConfig
+from inprocess import Outcome, run_cpueval
 
 SAMPLE = Path(__file__).resolve().parent.parent / "cpueval" / "assets" / "sample_squad.json"
 
 
-def cpueval(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "cpueval", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+def cpueval(*args: str) -> Outcome:
+    return run_cpueval(args, env={"HYDRA_FULL_ERROR": None})
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The README's main job, as the console script runs it."""
     run_dir = tmp_path_factory.mktemp("default") / "run"
-    result = cpueval(f"hydra.run.dir={run_dir}", "runtime.progress=false")
+    result = subprocess.run([sys.executable, "-m", "cpueval", f"hydra.run.dir={run_dir}", "runtime.progress=false"],
+                            capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=600)
     return result, run_dir
 
 
@@ -79,7 +82,7 @@ def test_pad_to_max_length_gives_the_same_predictions_with_more_padding(default_
     assert json.loads((run_dir / "predictions.json").read_text()) == json.loads((dynamic_dir / "predictions.json").read_text())
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
+def one_line_error(result: Outcome) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]

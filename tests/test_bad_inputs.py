@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from typing import Any, Optional
 
 import pytest
 
-from cpueval import app, identity, plugins, records
+import inprocess
+from cpueval import records
 
 TESTS_DATA = Path(__file__).resolve().parent / "data"
 RUN = "run"  # the run directory, under each test's tmp_path
@@ -173,51 +173,19 @@ class Outcome:
         return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_cpueval(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-                via_main: bool = False) -> Outcome:
+def run_cpueval(argv: list[str], tmp_path: Path, via_main: bool = False) -> Outcome:
     """`cpueval <argv>` in this process. `via_main`: through app.main, Hydra's entry, as the console
     script runs it (needed where Hydra itself reports: composition, its run directory, --help, --cfg).
-    Otherwise the config is composed once with Hydra's compose API and handed to the task function's
-    body (app._run_job), with a console log handler as Hydra's job logging has: the same error path,
-    without the second composition Hydra's entry makes."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+    Otherwise the job's body runs on a config composed once (inprocess.run_job_body)."""
     run_dir = tmp_path / RUN
     argv = ["runtime.progress=false", *(a.replace("{tmp}", str(tmp_path)) for a in argv)]
     if not any(a.startswith("hydra.run.dir=") for a in argv):
         argv.insert(0, f"hydra.run.dir={run_dir}")
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    GlobalHydra.instance().clear()
-    console = logging.StreamHandler(sys.stderr)
-    loggers = [logging.getLogger(name) for name in ("", "hydra", "py.warnings", "transformers")]
-    handlers_before = {lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in loggers}
-    logging.getLogger().addHandler(console)
-    try:
-        if via_main:
-            monkeypatch.setattr(sys, "argv", ["cpueval", *argv])
-            app.main()
-        else:
-            with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-                cfg = compose("config", overrides=[a for a in argv if not a.startswith("hydra.")])
-            app._run_job(cfg, run_dir, multirun=False)
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    finally:  # Hydra's logging setup holds this test's captured streams: undo it
-        for logger in loggers:
-            logger.handlers[:], logger.level, logger.propagate = handlers_before[logger.name]
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err, run_dir)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _configs_registered() -> None:
-    """What app.main does before composing: plug-in schemas and cpueval's resolvers."""
-    from cpueval.config import register_configs
-
-    register_configs()
-    identity.register_resolvers()
+    if via_main:
+        ran = inprocess.run_cpueval(argv, env={"HYDRA_FULL_ERROR": None})
+    else:
+        ran = inprocess.run_job_body(argv, run_dir)
+    return Outcome(ran.code, ran.stdout, ran.stderr, run_dir)
 
 
 def error_line(outcome: Outcome) -> str:
@@ -271,9 +239,9 @@ def write_files(tmp_path: Path, files: dict[str, Any], models: Path) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_ends_in_one_line_and_a_record(case: Case, tmp_path, monkeypatch, capsys, models) -> None:
+def test_bad_input_ends_in_one_line_and_a_record(case: Case, tmp_path, models) -> None:
     write_files(tmp_path, case.files, models)
-    outcome = run_cpueval(case.overrides, tmp_path, monkeypatch, capsys, via_main=case.record is None)
+    outcome = run_cpueval(case.overrides, tmp_path, via_main=case.record is None)
     line = error_line(outcome)
     assert case.expect in line, line
     if case.exit_code is not None:
@@ -295,13 +263,12 @@ def test_bad_input_ends_in_one_line_and_a_record(case: Case, tmp_path, monkeypat
     (["model.name_or_path={tmp}/qa_model", "model.revision=v1"], "model.revision=v1", {"model.revision": None}),
 ], ids=["max_seq_length_capped", "threads_oversubscribed", "split_of_a_local_file", "revision_of_a_local_file",
         "revision_of_a_local_model"])
-def test_adjusted_or_inapplicable_values_run_warn_and_record_what_ran(overrides, warning, ran, tmp_path, monkeypatch,
-                                                                      capsys, models) -> None:
+def test_adjusted_or_inapplicable_values_run_warn_and_record_what_ran(overrides, warning, ran, tmp_path, models) -> None:
     from cpueval.assets.builtin import ensure_builtin_model
 
     (tmp_path / "qa_model").symlink_to(ensure_builtin_model("builtin:tiny-bert", "AutoModelForQuestionAnswering"))
     (tmp_path / "dev.json").write_text(GOOD_SQUAD)
-    outcome = run_cpueval(["data.path={tmp}/dev.json", *overrides], tmp_path, monkeypatch, capsys)
+    outcome = run_cpueval(["data.path={tmp}/dev.json", *overrides], tmp_path)
     assert outcome.code == 0, outcome.stderr[-2000:]
     record = outcome.record
     assert record["status"] == "ok"
@@ -315,25 +282,25 @@ def test_adjusted_or_inapplicable_values_run_warn_and_record_what_ran(overrides,
 
 
 # -- caches and disks ---------------------------------------------------------------------------------------
-def test_a_corrupt_feature_cache_entry_is_named_and_rebuilt(tmp_path, monkeypatch, capsys) -> None:
+def test_a_corrupt_feature_cache_entry_is_named_and_rebuilt(tmp_path) -> None:
     (tmp_path / "dev.json").write_text(GOOD_SQUAD)
     cache = tmp_path / "cache"
     args = ["data.path={tmp}/dev.json", f"runtime.cache_dir={cache}", "runtime.force=true"]
-    first = run_cpueval(args, tmp_path, monkeypatch, capsys)
+    first = run_cpueval(args, tmp_path)
     assert first.code == 0 and first.record["data"]["feature_cache"] == "miss"
     [entry] = (cache / "features").iterdir()
     arrow = next(entry.glob("*.arrow"))
     arrow.write_bytes(arrow.read_bytes()[:40])
-    again = run_cpueval(args, tmp_path, monkeypatch, capsys)
+    again = run_cpueval(args, tmp_path)
     assert again.code == 0, again.stderr[-2000:]
     assert str(entry) in again.stderr and "corrupt" in again.stderr
     assert again.record["data"]["feature_cache"] == "miss"
     assert again.record["metrics"] == first.record["metrics"]
-    third = run_cpueval(args, tmp_path, monkeypatch, capsys)
+    third = run_cpueval(args, tmp_path)
     assert third.record["data"]["feature_cache"] == "hit"
 
 
-def test_a_full_disk_leaves_a_failed_record_not_a_running_one(tmp_path, monkeypatch, capsys) -> None:
+def test_a_full_disk_leaves_a_failed_record_not_a_running_one(tmp_path, monkeypatch) -> None:
     real_save = records.save
 
     def save(record, run_dir=None):
@@ -343,7 +310,7 @@ def test_a_full_disk_leaves_a_failed_record_not_a_running_one(tmp_path, monkeypa
 
     monkeypatch.setattr(records, "save", save)
     (tmp_path / "dev.json").write_text(GOOD_SQUAD)
-    outcome = run_cpueval(["data.path={tmp}/dev.json"], tmp_path, monkeypatch, capsys)
+    outcome = run_cpueval(["data.path={tmp}/dev.json"], tmp_path)
     line = error_line(outcome)
     assert "hydra.run.dir" in line and "No space left on device" in line and "results.json" in line
     assert (outcome.run_dir / "predictions.json").exists()
@@ -351,25 +318,25 @@ def test_a_full_disk_leaves_a_failed_record_not_a_running_one(tmp_path, monkeypa
 
 
 # -- first contact ---------------------------------------------------------------------------------------------
-def test_column_mapping_works_as_documented_for_every_canonical_column(tmp_path, monkeypatch, capsys) -> None:
+def test_column_mapping_works_as_documented_for_every_canonical_column(tmp_path) -> None:
     from cpueval.config import canonical_columns
 
     assert {"id", "question", "context", "answers", "text", "text_pair", "label", "tokens", "tags"} <= set(canonical_columns())
     renamed = {"qid": "1", "q": "What is nice?", "passage": "Paris is nice", "gold": FLAT["answers"]}
     (tmp_path / "mine.jsonl").write_text(json.dumps(renamed) + "\n")
     outcome = run_cpueval(["data.path={tmp}/mine.jsonl", "data.columns.id=qid", "data.columns.question=q",
-                           "data.columns.context=passage", "data.columns.answers=gold"], tmp_path, monkeypatch, capsys)
+                           "data.columns.context=passage", "data.columns.answers=gold"], tmp_path)
     assert outcome.code == 0, outcome.stderr[-2000:]
     assert outcome.record["data"]["num_examples"] == 1
 
 
-def test_experiment_sets_experiment_name(tmp_path, monkeypatch, capsys) -> None:
-    outcome = run_cpueval(["experiment=squad_v2_sample", "--cfg", "job"], tmp_path, monkeypatch, capsys, via_main=True)
+def test_experiment_sets_experiment_name(tmp_path) -> None:
+    outcome = run_cpueval(["experiment=squad_v2_sample", "--cfg", "job"], tmp_path, via_main=True)
     assert outcome.code == 0 and "experiment_name: squad_v2_sample" in outcome.stdout
 
 
-def test_help_names_cpueval_its_groups_and_subcommands(tmp_path, monkeypatch, capsys) -> None:
-    outcome = run_cpueval(["--help"], tmp_path, monkeypatch, capsys, via_main=True)
+def test_help_names_cpueval_its_groups_and_subcommands(tmp_path) -> None:
+    outcome = run_cpueval(["--help"], tmp_path, via_main=True)
     assert outcome.code == 0
     assert outcome.stdout.startswith("cpueval")
     for text in ("cpueval report", "cpueval plugins", "cpueval mlflow", "mode: compile, eager", "precision: bf16, fp32, int8"):
@@ -413,12 +380,9 @@ def test_the_console_script_answers_help_and_config_errors_without_torch(tmp_pat
 def test_declared_columns_leave_existing_job_hashes_unchanged() -> None:
     """Unmapped canonical columns (null) are left out of the job's identity: sweeps run before they were
     declared still resume (skip-if-done compares hashes)."""
-    from hydra import compose, initialize_config_dir
-
     from cpueval.identity import job_config, job_hash
 
-    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["data.columns.text=sentence"])
+    cfg = inprocess.compose_config(["data.columns.text=sentence"])
     plain = job_config(cfg)
     assert plain["data"]["columns"] == {"text": "sentence"}
     plain["data"]["columns"] = {"text": "sentence", "label": None}

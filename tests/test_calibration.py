@@ -11,10 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cpueval import identity, plugins
-from cpueval.config import register_configs
+from inprocess import compose_config
 from cpueval.errors import UserError
 from cpueval.modes.eager import EagerMode
 from cpueval.pipeline import execute
@@ -39,11 +37,7 @@ def calibrated_eager(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def run(tmp_path: Path, *overrides: str):
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*FAST, *overrides])
-    return execute(cfg, tmp_path / "run")
+    return execute(compose_config([*FAST, *overrides]), tmp_path / "run")
 
 
 def scored_ids(tmp_path: Path) -> set[str]:

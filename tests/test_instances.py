@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from cpueval import identity, instances, plugins, records
+from cpueval import instances, plugins, records
 from cpueval.batching import Batch
-from cpueval.config import register_configs
+from inprocess import compose_config
 from cpueval.errors import Refused, UserError
 from cpueval.pipeline import Run, execute
 
@@ -26,10 +25,7 @@ TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2
 
 
 def config(*overrides: str):
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*FAST, *overrides])
+    return compose_config([*FAST, *overrides])
 
 
 def predictions(run_dir: Path) -> dict:
@@ -109,10 +105,7 @@ def test_parity_with_instances_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_the_deployment_experiment_sweeps_layouts_and_existing_plugins() -> None:
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=deployment"], return_hydra_config=True)
+    cfg = compose_config(["experiment=deployment"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert cfg.hydra.mode.name == "MULTIRUN" and params["runtime.instances"] == "1,2,4"
     assert set(params.mode.split(",")) <= set(plugins.names("mode"))

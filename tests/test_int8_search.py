@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 
-from cpueval import identity, int8_search, plugins
-from cpueval.config import register_configs
+from cpueval import int8_search
+from inprocess import compose_config
 from cpueval.errors import UserError
 from cpueval.pipeline import execute
 from cpueval.precisions import create_precision
@@ -32,11 +31,7 @@ SEARCH = ["precision=int8", "precision.accuracy_target=0.99",
 
 
 def run(run_dir: Path, *overrides: str):
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*FAST, *overrides])
-    return execute(cfg, run_dir)
+    return execute(compose_config([*FAST, *overrides]), run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from cpueval import mlflow_import  # noqa: E402
 from cpueval import records as typed  # noqa: E402
 from cpueval.identity import job_config, job_hash  # noqa: E402
+from inprocess import Outcome, run_cpueval  # noqa: E402
 
 FAST = ("data.max_eval_samples=6", "runtime.warmup_batches=0", "runtime.progress=false")
 GRID = ("precision=fp32,bf16", "runtime.batch_size=4,8")
@@ -159,20 +160,15 @@ def test_the_subcommand_does_not_import_torch(tmp_path: Path) -> None:
 
 
 # -- a real sweep (slow) -----------------------------------------------------------------------------
-def launch(sweep_dir: Path, cwd: Path, uri: str, fault: str = "") -> subprocess.CompletedProcess:
-    """`cpueval -m` over GRID with the mlflow callback on; `fault` is injected by the test-only Hydra
-    callback (tests/support/cpueval_faults.py; the one place this file knows how faults are injected)."""
-    from cpueval_faults import env_with_support, launch_args
+def launch(sweep_dir: Path, cwd: Path, uri: str, fault: str = "") -> Outcome:
+    """`cpueval -m` over GRID with the mlflow callback on, in-process from `cwd`; `fault` is injected by the
+    test-only Hydra callback (tests/support/cpueval_faults.py; the one place this file knows how faults are
+    injected)."""
+    from cpueval_faults import launch_args
 
-    env = env_with_support({k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
-    env["CPUEVAL_CACHE"] = str(sweep_dir.parent / "cache")
-    result = subprocess.run([sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *GRID,
-                             CALLBACKS, f"hydra.callbacks.mlflow.tracking_uri={uri}",
-                             *(launch_args(fault) if fault else [])],
-                            capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
-    print(result.stdout[-3000:], result.stderr[-6000:])  # shown when a test fails
-    result.log = result.stdout + result.stderr  # type: ignore[attr-defined]
-    return result
+    return run_cpueval(["-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *GRID, CALLBACKS,
+                        f"hydra.callbacks.mlflow.tracking_uri={uri}", *(launch_args(fault) if fault else [])],
+                       env={"MLFLOW_TRACKING_URI": None, "CPUEVAL_CACHE": str(sweep_dir.parent / "cache")}, cwd=cwd)
 
 
 def records(sweep_dir: Path) -> dict[str, dict]:

@@ -6,7 +6,6 @@ directory's suffix and the report's job hash."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -8,21 +8,16 @@ import multiprocessing as mp
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import cpueval_faults
 from cpueval import identity, resume
-from cpueval.app import CONF_DIR
-from cpueval.config import register_configs
+from inprocess import compose_config
 from cpueval.records import read_results, write_json_atomic
 
 
 def compose_job(*overrides: str):
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose_config(overrides, return_hydra_config=True)
 
 
 def test_subdir_is_readable_overrides_plus_the_hash_of_the_job_config() -> None:

@@ -1,7 +1,8 @@
-"""Launched sweeps, as a user runs them (subprocess `cpueval -m`): failure isolation and exit code,
-resume (a second launch runs 0 jobs), force, resume after a kill, and parallel joblib jobs
-writing into one sweep dir. Faults come from tests/support/cpueval_faults.py (a Hydra callback), so
-nothing depends on the CPU."""
+"""Launched sweeps, as a user runs them (`cpueval -m`): failure isolation and exit code, resume (a
+second launch runs 0 jobs), force, resume after a kill, and parallel joblib jobs writing into one sweep
+dir. Launches run in-process through cpueval's entry (tests/support/inprocess.py), but the one that is
+killed: there the launcher process itself dies, as under the OOM killer. Faults come from
+tests/support/cpueval_faults.py (a Hydra callback), so nothing depends on the CPU."""
 
 from __future__ import annotations
 
@@ -15,21 +16,26 @@ import pytest
 
 from cpueval.identity import job_hash
 from cpueval_faults import env_with_support, launch_args
+from inprocess import Outcome, run_cpueval
 
 pytestmark = pytest.mark.slow
 
 FAST = ("data.max_eval_samples=6", "runtime.warmup_batches=0", "runtime.progress=false")
 
 
-def launch(sweep_dir: Path, *overrides: str, fault: str = "", cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = env_with_support(os.environ)
-    if cache is not None:
-        env["CPUEVAL_CACHE"] = str(cache)
+def launch(sweep_dir: Path, *overrides: str, fault: str = "", cache: Path | None = None) -> Outcome:
     faults = launch_args(fault) if fault else []
-    result = subprocess.run([sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides, *faults],
-                            capture_output=True, text=True, env=env, timeout=900)
+    env = {"CPUEVAL_CACHE": str(cache)} if cache is not None else {}
+    # joblib's workers are new processes: they find the fault callback through PYTHONPATH
+    env["PYTHONPATH"] = env_with_support(os.environ)["PYTHONPATH"]
+    return run_cpueval(["-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides, *faults], env=env)
+
+
+def launch_in_a_new_process(sweep_dir: Path, *overrides: str, fault: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "cpueval", "-m", f"hydra.sweep.dir={sweep_dir}", *FAST, *overrides,
+                             *launch_args(fault)], capture_output=True, text=True, env=env_with_support(os.environ),
+                            timeout=900)
     print(result.stdout[-3000:], result.stderr[-6000:])  # shown when a test fails
-    result.log = result.stdout + result.stderr  # type: ignore[attr-defined]
     return result
 
 
@@ -93,7 +99,7 @@ def test_failures_are_isolated_then_resume_reruns_failures_keeps_refusals_and_fo
 def test_a_killed_launch_resumes_with_the_unfinished_jobs(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     grid = ("runtime.batch_size=2,4,8",)
-    killed = launch(sweep_dir, *grid, fault="runtime.batch_size=4:kill")
+    killed = launch_in_a_new_process(sweep_dir, *grid, fault="runtime.batch_size=4:kill")
     assert killed.returncode != 0  # the whole launcher process died, as under the OOM killer
     recs = {r["config"]["runtime"]["batch_size"]: r for r in records(sweep_dir).values()}
     assert recs[2]["status"] == "ok" and recs[4]["status"] == "running" and 8 not in recs

@@ -9,11 +9,8 @@ answer out of 100 moves F1 by up to 1.0, so 0.1 allows partial-overlap changes b
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cpueval import identity
-from cpueval.app import CONF_DIR
-from cpueval.config import register_configs
+from inprocess import compose_config
 from cpueval.pipeline import execute
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -22,11 +19,8 @@ QUESTIONS = 100
 
 
 def run(tmp_path, *overrides: str):
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model=minilm_squad", "data=squad_v1_dev",
-                                            f"data.max_eval_samples={QUESTIONS}", "runtime.progress=false", *overrides])
+    cfg = compose_config(["model=minilm_squad", "data=squad_v1_dev", f"data.max_eval_samples={QUESTIONS}",
+                          "runtime.progress=false", *overrides])
     return execute(cfg, tmp_path / "-".join(o.replace("=", "_") for o in overrides))
 
 

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from cpueval import identity, plugins
-from cpueval.config import register_configs
+from inprocess import compose_config
 from cpueval.errors import UserError
 from cpueval.pipeline import execute
 from cpueval.precisions import create_precision
@@ -67,13 +65,9 @@ def test_pt2e_static_needs_calibration_and_a_method_it_offers() -> None:
 
 @pytest.mark.slow
 def test_pt2e_static_runs_under_compile_and_records_what_calibrated(tmp_path: Path) -> None:
-    register_configs()
-    identity.register_resolvers()
-    with initialize_config_dir(config_dir=str(plugins.CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["runtime.progress=false", "runtime.batch_size=4", "mode=compile",
-                                           "precision=int8", "precision.backend=pt2e_static",
-                                           "data.max_eval_samples=12", "precision.calibration.samples=8",
-                                           "runtime.parity_batches=1"])
+    cfg = compose_config(["runtime.progress=false", "runtime.batch_size=4", "mode=compile", "precision=int8",
+                          "precision.backend=pt2e_static", "data.max_eval_samples=12",
+                          "precision.calibration.samples=8", "runtime.parity_batches=1"])
     record = execute(cfg, tmp_path / "run")
     assert record.status == "ok" and record.actual.precision_details["backend"] == "pt2e_static"
     assert record.data.calibration.examples == 8 and record.data.calibration.method == "minmax"

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -19,6 +16,7 @@ from cpueval.assets.builtin import ensure_builtin_model
 from cpueval.config import DataConfig
 from cpueval.data import load_examples
 from cpueval.errors import UserError
+from inprocess import Outcome, run_cpueval
 from cpueval.tasks.text_classification import TextClassification, TextClassificationConfig
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -195,9 +193,8 @@ def test_prediction_files(tokenizer, tmp_path, fmt):
 
 
 # -- the app ---------------------------------------------------------------------------------------
-def cpueval(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpueval", "runtime.progress=false", *args], capture_output=True,
-                          text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0", **env}, timeout=600)
+def cpueval(*args: str, **env: str) -> Outcome:
+    return run_cpueval(["runtime.progress=false", *args], env={"HYDRA_FULL_ERROR": None, **env})
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict]:

@@ -4,9 +4,6 @@ for long sentences, IOB1/IOB2, metrics from hand-set logits, and the app end to 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -16,6 +13,7 @@ from transformers import AutoTokenizer
 
 from cpueval.assets.builtin import ensure_builtin_model
 from cpueval.errors import UserError
+from inprocess import Outcome, run_cpueval
 from cpueval.tasks.token_classification import (CONLL2003_LABELS, IGNORED, TokenClassification,
                                                 TokenClassificationConfig, decode_entities, encode_entities,
                                                 owning_windows, plan_windows, read_conll)
@@ -255,10 +253,9 @@ def test_predictions_file_is_conll(tokenizer, tmp_path):
 
 
 # -- the app ---------------------------------------------------------------------------------------
-def cpueval(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpueval", "runtime.progress=false", "task=token_classification",
-                           "data=conll_file", *args], capture_output=True, text=True,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "0", **env}, timeout=600)
+def cpueval(*args: str) -> Outcome:
+    return run_cpueval(["runtime.progress=false", "task=token_classification", "data=conll_file", *args],
+                       env={"HYDRA_FULL_ERROR": None})
 
 
 def conll_sentences(path: Path) -> list[list[list[str]]]:
