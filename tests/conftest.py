@@ -14,17 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # test-onl
 SHARED = Path(os.environ.get("CPUEVAL_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with Slurm jobs first, then those with slow tests, then the rest (each module's tests
-    stay together and in order). Slurm tests mostly wait on the scheduler: started first, under
-    `-n auto` the other worker runs the quick tests meanwhile instead of both waiting at the end."""
-    marks: dict[str, set[str]] = {}
-    for item in items:
-        marks.setdefault(item.module.__name__, set()).update(mark.name for mark in item.iter_markers())
-    ranks = {module: 0 if "slurm" in names else 1 if "slow" in names else 2 for module, names in marks.items()}
-    items.sort(key=lambda item: ranks[item.module.__name__])  # stable: collection order within a rank
-
-
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "models").is_dir():
