@@ -62,6 +62,8 @@ def test_failures_are_isolated_then_resume_reruns_failures_keeps_refusals_and_fo
     assert recs[("bf16", 8)]["status"] == "failed" and recs[("bf16", 8)]["error"]["type"] == "MemoryError"
     assert recs[("fp32", 8)]["status"] == "refused" and "injected fault" in recs[("fp32", 8)]["error"]["message"]
     assert "this launch ran 4," in first.log
+    # the next command in the same process exits by its own outcome, not the failed launch's
+    assert run_cpueval([f"hydra.run.dir={tmp_path / 'single'}", *FAST]).code == 0
     # the job dir's name ends in the hash of the config its record holds
     for name, record in records(sweep_dir).items():
         assert name.endswith("__" + job_hash(record["config"])) and "precision=" in name

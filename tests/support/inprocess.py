@@ -10,7 +10,7 @@ imports, a launcher killed mid-sweep, plug-ins found from outside the package), 
 
 The process state a run changes is put back afterwards: sys.argv, environment variables given in
 `env`, the working directory, the handlers Hydra's job logging adds, Hydra's global state, and
-torch's thread counts.
+torch's thread count.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 # Loggers Hydra's job logging (conf/hydra/job_logging) and cpueval configure.
 _LOGGERS = ("", "hydra", "py.warnings", "transformers", "cpueval")
@@ -50,20 +50,15 @@ def run_cpueval(argv: Sequence[str], env: Optional[Mapping[str, Optional[str]]] 
 
     from cpueval import app
 
-    out, err = io.StringIO(), io.StringIO()
-    GlobalHydra.instance().clear()
-    with restored_process_state(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    def main() -> None:
         sys.argv = ["cpueval", *argv]
+        GlobalHydra.instance().clear()
         try:
             app.main()
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         finally:
             GlobalHydra.instance().clear()
-    outcome = Outcome(code, out.getvalue(), err.getvalue())
-    print(outcome.stdout[-3000:], outcome.stderr[-6000:])  # shown when a test fails
-    return outcome
+
+    return _captured(main, env, cwd)
 
 
 def run_job_body(overrides: Sequence[str], run_dir: Path) -> Outcome:
@@ -73,18 +68,13 @@ def run_job_body(overrides: Sequence[str], run_dir: Path) -> Outcome:
     from cpueval import app
 
     cfg = compose_config([o for o in overrides if not o.startswith("hydra.")])
-    out, err = io.StringIO(), io.StringIO()
-    with restored_process_state({}, None), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        logging.getLogger().addHandler(logging.StreamHandler(err))
+
+    def body() -> None:
+        logging.getLogger().addHandler(logging.StreamHandler(sys.stderr))
         logging.getLogger().setLevel(logging.INFO)
-        try:
-            app._run_job(cfg, run_dir, multirun=False)
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    outcome = Outcome(code, out.getvalue(), err.getvalue())
-    print(outcome.stdout[-3000:], outcome.stderr[-6000:])  # shown when a test fails
-    return outcome
+        app._run_job(cfg, run_dir, multirun=False)
+
+    return _captured(body, None, None)
 
 
 def compose_config(overrides: Sequence[str], return_hydra_config: bool = False) -> Any:
@@ -101,8 +91,22 @@ def compose_config(overrides: Sequence[str], return_hydra_config: bool = False) 
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+def _captured(run: Callable[[], None], env: Optional[Mapping[str, Optional[str]]], cwd: Optional[Path]) -> Outcome:
+    """run() with stdout/stderr captured and the process state put back; SystemExit becomes the exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with _restored_process_state(env, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run()
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    outcome = Outcome(code, out.getvalue(), err.getvalue())
+    print(outcome.stdout[-3000:], outcome.stderr[-6000:])  # shown when a test fails
+    return outcome
+
+
 @contextlib.contextmanager
-def restored_process_state(env: Optional[Mapping[str, Optional[str]]], cwd: Optional[Path]) -> Iterator[None]:
+def _restored_process_state(env: Optional[Mapping[str, Optional[str]]], cwd: Optional[Path]) -> Iterator[None]:
     import torch
 
     argv, workdir = list(sys.argv), os.getcwd()
@@ -116,7 +120,7 @@ def restored_process_state(env: Optional[Mapping[str, Optional[str]]], cwd: Opti
             os.chdir(cwd)
         yield
     finally:
-        sys.argv[:] = argv
+        sys.argv = argv
         os.chdir(workdir)
         _set_env(environ)
         for logger in loggers:  # Hydra's handlers write to this run's captured streams
