@@ -1,8 +1,8 @@
 """Sweeps through the Slurm launcher (hydra/launcher=slurm) on the single-node cluster of
 jobs/slurm/local-cluster.sh (start it with --accounting: submitit needs sacct). As a user runs them:
-a 4-job array and its report, a re-launch that submits nothing, a job requeued mid-run
-(`scontrol requeue`) that ends ok exactly once, a failing job among ok ones, and the errors a user
-can make (no Slurm here, unknown partition, too much memory) as one line each.
+a 4-job array with one failing job and its report, a re-launch that runs only the failed job, a job
+requeued mid-run (`scontrol requeue`) that ends ok exactly once, and the errors a user can make (no
+Slurm here, unknown partition, too much memory) as one line each.
 
 Skipped with the reason when `sinfo` does not answer -- unless CPUEVAL_SLURM_TESTS=1 (CI, .ci/run),
 where a missing cluster fails them instead of silently skipping."""
@@ -97,19 +97,25 @@ def no_temp_files(job_dir: Path) -> bool:
     return not [p for p in job_dir.iterdir() if p.name.endswith(".tmp")]
 
 
+FAILING_POINT = "runtime.batch_size=4:error"  # one job of the array fails (test-only fault, cpueval_faults)
+
+
 @pytest.fixture(scope="module")
 def four_jobs(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     sweep_dir = tmp_path_factory.mktemp("slurm") / "sweep"
-    return sweep_dir, launch(sweep_dir, GRID, *SLURM)
+    return sweep_dir, launch(sweep_dir, GRID, *SLURM, fault=FAILING_POINT)
 
 
 @pytest.mark.slurm
 @pytest.mark.slow  # real Slurm jobs: minutes
-def test_four_job_array_completes_with_report_and_slurm_facts(four_jobs: tuple[Path, subprocess.CompletedProcess]) -> None:
+def test_four_job_array_reports_its_failed_job_and_slurm_facts(four_jobs: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, result = four_jobs
-    assert result.returncode == 0
-    recs = records(sweep_dir)
-    assert len(recs) == 4 and {r["status"] for r in recs.values()} == {"ok"}
+    assert result.returncode == 1  # a failed job fails the sweep; the others still finish
+    recs = {r["config"]["runtime"]["batch_size"]: r for r in records(sweep_dir).values()}
+    assert sorted(recs) == [2, 4, 8, 16]
+    assert {recs[b]["status"] for b in (2, 8, 16)} == {"ok"}
+    assert recs[4]["status"] == "failed" and "injected fault" in recs[4]["error"]["message"]
+    assert "Traceback" not in result.stderr
     (array_id,) = array_ids(sweep_dir)  # one sbatch: one job array for the 4 points
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
     tasks = set()
@@ -118,48 +124,57 @@ def test_four_job_array_completes_with_report_and_slurm_facts(four_jobs: tuple[P
         assert slurm["array_job_id"] == array_id and slurm["node"] == node and slurm["partition"] == "debug"
         assert slurm["cpus_per_task"] == 1 and slurm["restart_count"] == 0 and slurm["job_id"]
         tasks.add(slurm["array_task_id"])
-        # threads follow the cores Slurm granted
-        assert record["threads"]["intra_op_threads"] == 1
-        assert record["threads"]["intra_op_source"] == "SLURM_CPUS_PER_TASK"
+    for batch_size in (2, 8, 16):  # threads follow the cores Slurm granted (the failed job stopped before)
+        assert recs[batch_size]["threads"]["intra_op_threads"] == 1
+        assert recs[batch_size]["threads"]["intra_op_source"] == "SLURM_CPUS_PER_TASK"
     assert tasks == {0, 1, 2, 3}
     report = sweep_dir / "report"
     assert (report / "report.md").is_file() and (report / "throughput.png").is_file()
+    assert "## Not ok" in (report / "report.md").read_text()
     assert "this launch ran 4," in result.log
     print(sacct(array_id))
 
 
 @pytest.mark.slurm
 @pytest.mark.slow  # real Slurm jobs: minutes
-def test_relaunch_submits_nothing_and_rewrites_nothing(four_jobs: tuple[Path, subprocess.CompletedProcess]) -> None:
+def test_relaunch_runs_only_the_failed_job(four_jobs: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, first = four_jobs
-    assert first.returncode == 0
+    assert first.returncode == 1
     before_ids, before_mtimes = array_ids(sweep_dir), mtimes(sweep_dir)
-    again = launch(sweep_dir, GRID, *SLURM)
+    failed_dir = next(name for name, r in records(sweep_dir).items() if r["status"] == "failed")
+    again = launch(sweep_dir, GRID, *SLURM)  # the fault removed: the same jobs (same config, hash, directory)
     assert again.returncode == 0
-    assert array_ids(sweep_dir) == before_ids  # no new sbatch
-    assert mtimes(sweep_dir) == before_mtimes
-    assert "4 of 4 jobs already done" in again.log and again.log.count("skipped (done)") == 4
-    assert "this launch ran 0, 4 had run before" in again.log
+    (new_id,) = array_ids(sweep_dir) - before_ids  # one new sbatch: a single job (not an array) for the failed point
+    after = mtimes(sweep_dir)
+    assert {name: t for name, t in after.items() if name != failed_dir} == \
+           {name: t for name, t in before_mtimes.items() if name != failed_dir}  # ok records not rewritten
+    assert after[failed_dir] != before_mtimes[failed_dir]
+    rerun = records(sweep_dir)[failed_dir]
+    rerun_slurm = rerun["environment"]["slurm"]
+    assert rerun["status"] == "ok" and rerun_slurm["job_id"] == new_id and rerun_slurm["array_job_id"] is None
+    assert "3 of 4 jobs already done" in again.log and again.log.count("skipped (done)") == 3
+    assert "this launch ran 1, 3 had run before" in again.log
 
 
 @pytest.mark.slurm
 @pytest.mark.slow  # real Slurm jobs: minutes
 def test_job_requeued_mid_run_is_recorded_interrupted_then_completes_once(slurm_cluster: None, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    # batch_size=4 sleeps 15 s after writing its "running" record: time to requeue it mid-run.
-    proc = launch(sweep_dir, "runtime.batch_size=4,8", *SLURM, fault="runtime.batch_size=4:delay=15", background=True)
+    # The job sleeps 15 s after writing its "running" record (first attempt only): time to requeue it mid-run.
+    proc = launch(sweep_dir, "runtime.batch_size=4", *SLURM, fault="runtime.batch_size=4:delay=15", background=True)
     try:
         slow = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and slow is None:
             for name, record in records_quiet(sweep_dir).items():
-                if "batch_size=4," in name and record.get("status") == "running" and (record["environment"] or {}).get("slurm"):
+                if record.get("status") == "running" and (record["environment"] or {}).get("slurm"):
                     slow = (sweep_dir / name, record)
             time.sleep(0.5)
         assert slow is not None, "the slow job never started"
         job_dir, running = slow
         slurm = running["environment"]["slurm"]
-        job = f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+        job = slurm["job_id"]  # a one-point sweep is a single job, not an array
+        assert slurm["array_job_id"] is None
         time.sleep(2)
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
         # the job records how it ended before it goes: interrupted, a complete file
@@ -184,12 +199,12 @@ def test_job_requeued_mid_run_is_recorded_interrupted_then_completes_once(slurm_
     assert no_temp_files(job_dir) and (job_dir / "predictions.json").is_file() and (job_dir / "eval_results.json").is_file()
     print(json.dumps({"status": final["status"], "slurm": final["environment"]["slurm"], "started_at": final["started_at"],
                       "finished_at": final["finished_at"], "earlier_attempts": final["earlier_attempts"]}, indent=1))
-    print(sacct(slurm["array_job_id"]))
-    # nothing runs after the sweep: the job is not queued again and its record stays as it is
-    stamp = (job_dir / "results.json").stat().st_mtime_ns
-    assert subprocess.run(["squeue", "-h", "-j", slurm["array_job_id"]], capture_output=True, text=True).stdout.strip() == ""
-    time.sleep(15)  # longer than a requeued job's restart delay on the local cluster (cred_expire=10 + 1 s)
-    assert (job_dir / "results.json").stat().st_mtime_ns == stamp and read(job_dir)["status"] == "ok"
+    print(sacct(job))
+    # nothing runs after the sweep: Slurm holds the job as completed, not queued again
+    assert subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() == ""
+    states = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State%30"], capture_output=True, text=True,
+                            timeout=30).stdout.split()
+    assert states == ["COMPLETED"], states
 
 
 def records_quiet(sweep_dir: Path) -> dict[str, dict]:
@@ -204,19 +219,6 @@ def records_quiet(sweep_dir: Path) -> dict[str, dict]:
 
 def read(job_dir: Path) -> dict:
     return json.loads((job_dir / "results.json").read_text())
-
-
-@pytest.mark.slurm
-@pytest.mark.slow  # real Slurm jobs: minutes
-def test_failing_job_is_reported_failed_while_the_others_finish(slurm_cluster: None, tmp_path: Path) -> None:
-    sweep_dir = tmp_path / "sweep"
-    result = launch(sweep_dir, "runtime.batch_size=2,4,8", *SLURM, fault="runtime.batch_size=4:error")
-    assert result.returncode == 1
-    recs = {r["config"]["runtime"]["batch_size"]: r for r in records(sweep_dir).values()}
-    assert recs[2]["status"] == recs[8]["status"] == "ok"
-    assert recs[4]["status"] == "failed" and "injected fault" in recs[4]["error"]["message"]
-    assert "Traceback" not in result.stderr
-    assert "## Not ok" in (sweep_dir / "report" / "report.md").read_text()
 
 
 # -- errors a user can make: one line, non-zero exit, no traceback ----------------------------------------

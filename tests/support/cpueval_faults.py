@@ -10,7 +10,8 @@ re-launching without it resumes the very same jobs (the faulted ones re-run, the
 Spec: "selector:kind;selector:kind"; a selector is key=value,... over the job config (`mode` ->
 mode.name, `model` -> model.name_or_path, `a.b` -> that value). Kinds: error (RuntimeError), oom
 (MemoryError), refuse (Refused), kill (SIGKILL at once, as the OOM killer: results.json stays
-"running"), delay=SECONDS (sleep, e.g. to requeue a job mid-run).
+"running"), delay=SECONDS (sleep, e.g. to requeue a job mid-run; only on a job's first attempt,
+so a requeued Slurm job runs straight through).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def matching_kind(faults: list[tuple[dict[str, str], str]], cfg: DictConfig) -> 
 def inject(kind: str, what: str) -> None:
     log.warning(what)
     if kind.startswith("delay"):
-        time.sleep(float(kind.partition("=")[2] or "10"))
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+            time.sleep(float(kind.partition("=")[2] or "10"))
         return
     if kind == "kill":
         os.kill(os.getpid(), 9)
