@@ -121,6 +121,13 @@ def search_dirs() -> list[Path]:
     return [CONF_DIR, *_extra_dirs]
 
 
+def forget_search_dirs(keep: Iterable[Path] = ()) -> None:
+    """Only `keep` beyond conf/ from now on: a process that runs several commands (the tests' in-process
+    runs) drops the dirs an earlier command line added."""
+    _extra_dirs[:] = list(map(Path, keep))
+    discover.cache_clear()
+
+
 def search_dirs_from_argv(argv: Sequence[str]) -> list[Path]:
     """The config dirs a command line adds: `hydra.searchpath=[file:///a,pkg://b.conf]` and `--config-dir`/`-cd`."""
     dirs: list[Path] = []

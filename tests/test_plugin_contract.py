@@ -16,6 +16,7 @@ import yaml
 
 from cpueval import identity, plugins, records, report
 from cpueval.environment import package_version
+from inprocess import Outcome, run_cpueval
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,15 @@ def cpueval(*args: str) -> subprocess.CompletedProcess:
                             timeout=600)
     print(result.stdout[-3000:], result.stderr[-3000:])
     return result
+
+
+@pytest.fixture
+def plugin_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(PLUGIN))
+
+
+def cpueval_here(*args: str) -> Outcome:
+    return run_cpueval(list(args))
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +58,15 @@ def by_job(sweep_dir: Path) -> dict[tuple[str, str], records.RunRecord]:
     return found
 
 
-def test_cpueval_plugins_lists_it_with_its_states() -> None:
-    listing = cpueval("plugins", SEARCHPATH)
+def test_cpueval_plugins_lists_it_with_its_states(plugin_importable: None) -> None:
+    listing = cpueval_here("plugins", SEARCHPATH)
     assert listing.returncode == 0
     lines = {line.split()[0] + " " + line.split()[2]: line for line in listing.stdout.splitlines()
              if " x " in line}
     assert "native" in lines["throwaway fp32"]
     assert "refused" in lines["throwaway int8"] and "the throwaway mode does not run quantized models" in lines[
         "throwaway int8"]
-    assert "throwaway x" not in cpueval("plugins").stdout  # only with its config dir on the search path
+    assert "throwaway x" not in cpueval_here("plugins").stdout  # only with its config dir on the search path
 
 
 def test_it_runs_is_recorded_and_refused_with_its_own_reason(sweep) -> None:
@@ -84,10 +94,10 @@ def test_one_job_identity_names_the_dir_is_the_record_hash_and_the_report_hash(s
         assert table.set_index("job").loc[path.parent.name, "job_hash"] == record.config_hash
 
 
-def test_a_second_launch_resumes_it(sweep) -> None:
+def test_a_second_launch_resumes_it(sweep, plugin_importable: None) -> None:
     sweep_dir, _ = sweep
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/results.json")}
-    again = cpueval("-m", f"hydra.sweep.dir={sweep_dir}", SEARCHPATH, "mode=eager,throwaway", "precision=fp32,int8",
+    again = cpueval_here("-m", f"hydra.sweep.dir={sweep_dir}", SEARCHPATH, "mode=eager,throwaway", "precision=fp32,int8",
                     *FAST)
     assert "this launch ran 0, 4 had run before" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/results.json")} == before
