@@ -122,10 +122,21 @@ def search_dirs() -> list[Path]:
 
 
 def forget_search_dirs(keep: Iterable[Path] = ()) -> None:
-    """Only `keep` beyond conf/ from now on: a process that runs several commands (the tests' in-process
-    runs) drops the dirs an earlier command line added."""
-    _extra_dirs[:] = list(map(Path, keep))
+    """Undo add_search_dirs (and register_configs) for all but `keep`: the dirs and the `<name>_schema`
+    entries of the plug-ins only they gave leave. For a process that runs several commands (the tests'
+    in-process runs): Hydra's joblib launcher pickles the ConfigStore, so a schema left behind would make
+    a later sweep's workers import a plug-in module they cannot find."""
+    from hydra.core.config_store import ConfigStore
+
+    kept = list(map(Path, keep))
+    dropped = [path for path in _extra_dirs if path not in kept]
+    _extra_dirs[:] = kept
     discover.cache_clear()
+    repo = ConfigStore.instance().repo
+    for group in GROUPS:
+        gone = {yaml.stem for path in dropped for yaml in (path / group).glob("*.yaml")} - set(discover()[group])
+        for name in gone:
+            repo.get(group, {}).pop(f"{name}_schema.yaml", None)
 
 
 def search_dirs_from_argv(argv: Sequence[str]) -> list[Path]:

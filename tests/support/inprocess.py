@@ -112,7 +112,6 @@ def _restored_process_state(env: Optional[Mapping[str, Optional[str]]], cwd: Opt
     from cpueval import plugins
 
     argv, workdir, plugin_dirs = list(sys.argv), os.getcwd(), list(plugins.search_dirs()[1:])
-    schemas = _plugin_schema_names()
     environ = {name: os.environ.get(name) for name in (env or {})}
     threads = torch.get_num_threads()
     loggers = [logging.getLogger(name) for name in _LOGGERS]
@@ -127,7 +126,6 @@ def _restored_process_state(env: Optional[Mapping[str, Optional[str]]], cwd: Opt
         os.chdir(workdir)
         if plugins.search_dirs()[1:] != plugin_dirs:  # `hydra.searchpath=` added plug-in dirs for this run only
             plugins.forget_search_dirs(keep=plugin_dirs)
-            _drop_plugin_schemas_added_since(schemas)  # their `_schema` entries too: joblib pickles the store
         _set_env(environ)
         for logger in loggers:  # Hydra's handlers write to this run's captured streams
             added = [h for h in logger.handlers if h not in before[logger.name][0]]
@@ -135,24 +133,6 @@ def _restored_process_state(env: Optional[Mapping[str, Optional[str]]], cwd: Opt
                 handler.close()
             logger.handlers[:], logger.level, logger.propagate = before[logger.name]
         torch.set_num_threads(threads)  # (the inter-op count can be set once per process only)
-
-
-def _plugin_schema_names() -> dict[str, set[str]]:
-    from hydra.core.config_store import ConfigStore
-
-    from cpueval import plugins
-
-    repo = ConfigStore.instance().repo
-    return {group: set(repo.get(group, {})) for group in plugins.GROUPS}
-
-
-def _drop_plugin_schemas_added_since(before: dict[str, set[str]]) -> None:
-    from hydra.core.config_store import ConfigStore
-
-    repo = ConfigStore.instance().repo
-    for group, names in before.items():
-        for name in set(repo.get(group, {})) - names:
-            del repo[group][name]
 
 
 def _set_env(values: Mapping[str, Optional[str]]) -> None:
