@@ -104,4 +104,6 @@ def earlier_attempts(run_dir: Path, keep: int = 10) -> list[Attempt]:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    """UTC time in milliseconds: the sweep summary tells a job run by this launch from one run by a launch
+    that ended in the same second by comparing it with the launch's start."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")

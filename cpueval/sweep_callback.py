@@ -53,8 +53,9 @@ def scan_jobs(sweep_dir: Path) -> list[tuple[Path, Optional[RunRecord]]]:
 def summarize_launch(sweep_dir: Path, launch_start: dt.datetime) -> dict[str, Any]:
     """Counts for the sweep dir, and which jobs ran in this launch (started at or after its start).
 
-    A job skipped as done keeps its earlier record, so it counts as done, not as run."""
-    floor = launch_start.replace(microsecond=0)
+    A job skipped as done keeps its earlier record, so it counts as done, not as run. Start times are in
+    milliseconds, so a job that the previous launch ran in this launch's first second counts as done."""
+    floor = launch_start.replace(microsecond=launch_start.microsecond // 1000 * 1000)
     ran, done, not_ok, statuses = [], [], [], {}
     for job_dir, record in scan_jobs(sweep_dir):
         started = _parse_time(record.started_at if record else None)

@@ -3,6 +3,7 @@ selectors (tests/support/cpueval_faults.py), and atomic writes under concurrency
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import cpueval_faults
-from cpueval import identity, resume
+from cpueval import identity, resume, sweep_callback
+from hand_records import make_record, write  # tests/support
 from inprocess import compose_config
 from cpueval.records import read_results, write_json_atomic
 
@@ -114,6 +116,19 @@ def test_write_failure_keeps_a_recorded_end_and_fills_a_missing_one(tmp_path: Pa
     write_json_atomic(tmp_path / "results.json", {"status": "refused", "error": {"message": "no"}})
     resume.write_failure(cfg, tmp_path, RuntimeError("later"))
     assert read_results(tmp_path)["status"] == "refused"
+
+
+def test_a_job_the_previous_launch_ran_in_this_launchs_first_second_counts_as_done(tmp_path: Path) -> None:
+    launch_start = dt.datetime(2026, 12, 7, 20, 45, 9, 396_000, tzinfo=dt.timezone.utc)
+    for name, started in [("before", "2026-12-07T20:45:09.100+00:00"), ("same_ms", "2026-12-07T20:45:09.396+00:00"),
+                          ("after", "2026-12-07T20:45:10.002+00:00")]:
+        record = make_record()
+        record["started_at"] = started
+        write(tmp_path, name, record)
+    summary = sweep_callback.summarize_launch(tmp_path, launch_start)
+    assert [d.name for d in summary["done_before"]] == ["before"]
+    assert [d.name for d in summary["ran"]] == ["after", "same_ms"]
+    assert len(resume.now().split("T")[1].split("+")[0]) == len("20:45:09.396")  # records carry milliseconds
 
 
 # -- concurrent writes ------------------------------------------------------------------------------
